@@ -1,0 +1,174 @@
+"""The edge agent: sources -> outbox (durable) -> uplink, with end-to-end acks.
+
+Three kinds of task share one event loop, all owned by a TaskGroup:
+- one reader per source, putting readings on a bounded queue;
+- the store, which writes queued readings to the outbox in group commits;
+- the sender, which takes unsent (or timed-out) events from the outbox, publishes
+  them in batches, and keeps at most ``max_inflight_batches`` unacknowledged.
+Acks from the collector delete events from the outbox. Nothing else does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from edge.outbox import Outbox, batch_payload
+from edge.uplink import Uplink
+from robodensity import wire
+from robodensity.errors import SourceError
+from robodensity.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Source(Protocol):
+    async def __aenter__(self) -> Source: ...
+    async def __aexit__(self, *exc: object) -> None: ...
+    def __aiter__(self) -> AsyncIterator[wire.Reading]: ...
+
+
+def build_sources(settings: Settings) -> list[Source]:
+    """Every source the settings name, validated, none connected."""
+    sources: list[Source] = []
+    if settings.edge.opcua:
+        from edge.sources.opcua import OpcUaSource
+
+        sources += [OpcUaSource(s) for s in settings.edge.opcua]
+    if settings.edge.mqtt_json:
+        from edge.sources.mqtt_json import MqttJsonSource
+
+        sources += [MqttJsonSource(s) for s in settings.edge.mqtt_json]
+    return sources
+
+
+@dataclass
+class AgentStats:
+    readings: int = 0
+    stored: int = 0
+    published_batches: int = 0
+    acked_events: int = 0
+    resent_batches: int = 0
+    refused_publishes: int = 0
+    last_ack_at: float | None = None
+    robots_seen: set[str] = field(default_factory=set)
+
+
+class EdgeAgent:
+    def __init__(self, settings: Settings, broker_url: str, sources: Sequence[Source] | None = None) -> None:
+        self.settings = settings
+        self.cfg = settings.edge
+        self.broker_url = broker_url
+        self.sources = list(sources) if sources is not None else build_sources(settings)
+        self.outbox = Outbox(self.cfg.outbox_path, self.cfg.outbox_max_bytes)
+        self.stats = AgentStats()
+        self._queue: asyncio.Queue[wire.Reading] = asyncio.Queue(10_000)
+        self._lock = asyncio.Lock()  # one outbox operation at a time
+        self._acked = asyncio.Event()
+        self._inflight: dict[int, tuple[float, set[int]]] = {}  # first seq -> (sent, unacked seqs)
+        self.uplink: Uplink | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; what is stored stays stored for the next run."""
+        loop = asyncio.get_running_loop()
+        self.uplink = Uplink(self.settings, self.broker_url, loop, self._on_ack, self._on_refused)
+        self.uplink.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self._read(s)) for s in self.sources]
+                tasks += [tg.create_task(self._store()), tg.create_task(self._send())]
+                await stop.wait()
+                for t in tasks:
+                    t.cancel()
+        finally:
+            self.uplink.stop()
+            await asyncio.to_thread(self.outbox.close)
+
+    def backlog(self) -> int:
+        return self.outbox.backlog()
+
+    # -- readers and store ---------------------------------------------------------
+    async def _read(self, source: Source) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                async with source:
+                    backoff = 1.0
+                    async for reading in source:
+                        self.stats.readings += 1
+                        await self._queue.put(reading)
+            except SourceError as exc:
+                log.error("source failed: %s; retrying in %.0f s", exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    async def _store(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < 5_000:
+                batch.append(self._queue.get_nowait())
+            async with self._lock:
+                seqs = await asyncio.to_thread(self.outbox.add, batch)
+            self.stats.stored += len(seqs)
+            self.stats.robots_seen.update(r.robot.key for r in batch if r.type is wire.EventType.STATE)
+
+    # -- sender and acks -------------------------------------------------------------
+    async def _send(self) -> None:
+        assert self.uplink is not None
+        linger = self.cfg.batch_linger_ms / 1000
+        while True:
+            self._expire_inflight()
+            if not self.uplink.connected.is_set() or len(self._inflight) >= self.cfg.max_inflight_batches:
+                await self._wait_ack(0.5)
+                continue
+            async with self._lock:
+                rows = await asyncio.to_thread(self.outbox.take, self.cfg.batch_max_events, self.cfg.ack_timeout_s)
+            if not rows:
+                await asyncio.sleep(linger or 0.05)
+                continue
+            payload = batch_payload(self.cfg.agent_id, self.cfg.factory_id, rows)
+            try:
+                self.uplink.publish(payload)
+            except Exception as exc:
+                log.error("%s; %d event(s) stay in the outbox", exc, len(rows))
+                async with self._lock:
+                    await asyncio.to_thread(self.outbox.unsend, [s for s, _ in rows])
+                await asyncio.sleep(1.0)
+                continue
+            self._inflight[rows[0][0]] = (time.monotonic(), {s for s, _ in rows})
+            self.stats.published_batches += 1
+            if len(rows) < self.cfg.batch_max_events and linger:
+                await asyncio.sleep(linger)
+
+    async def _wait_ack(self, timeout: float) -> None:
+        self._acked.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._acked.wait(), timeout)
+
+    def _expire_inflight(self) -> None:
+        cutoff = time.monotonic() - self.cfg.ack_timeout_s
+        for first in [k for k, (sent, _) in self._inflight.items() if sent < cutoff]:
+            del self._inflight[first]  # its events become eligible for a re-send in the outbox
+            self.stats.resent_batches += 1
+
+    def _on_ack(self, ack: wire.Ack) -> None:
+        asyncio.get_running_loop().create_task(self._apply_ack(ack))
+
+    async def _apply_ack(self, ack: wire.Ack) -> None:
+        async with self._lock:
+            deleted = await asyncio.to_thread(self.outbox.acknowledge, ack.ranges)
+        self.stats.acked_events += deleted
+        self.stats.last_ack_at = time.time()
+        for first, (_, pending) in list(self._inflight.items()):
+            pending -= {s for s in pending if any(lo <= s <= hi for lo, hi in ack.ranges)}
+            if not pending:
+                del self._inflight[first]
+        self._acked.set()
+
+    def _on_refused(self, _mid: int) -> None:
+        self.stats.refused_publishes += 1

@@ -1,0 +1,82 @@
+"""Robots that publish their state as plain JSON on a factory's MQTT broker.
+
+Topic ``plant/{factory}/robots/{serial}/state``, payload
+``{"manufacturer": ..., "serial": ..., "state": ..., "ts": ...}``. The current state
+is retained, so an edge agent that subscribes late still learns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+import paho.mqtt.client as mqtt
+
+from robodensity.mqtt import connect, make_client
+from robodensity.settings import BrokerSettings
+from robodensity.wire import State, format_ts
+from simulators.behaviour import Schedule, SimClock
+
+
+def topic_for(factory: str, serial: str = "+") -> str:
+    return f"plant/{factory}/robots/{serial}/state"
+
+
+class MqttRobots:
+    """One MQTT connection publishing for many robots of one factory."""
+
+    def __init__(self, broker_url: str, factory: str, robot_keys: Sequence[str]) -> None:
+        self.broker_url = broker_url
+        self.factory = factory
+        self.robot_keys = list(robot_keys)
+        self.published = 0
+        self._client: mqtt.Client | None = None
+        self._last: mqtt.MQTTMessageInfo | None = None
+
+    def __enter__(self) -> MqttRobots:
+        client = make_client(BrokerSettings(url=self.broker_url), self.broker_url, f"sim-{uuid.uuid4().hex[:8]}")
+        connect(client, BrokerSettings(url=self.broker_url), self.broker_url, clean_start=True)
+        deadline = time.monotonic() + 10
+        while not client.is_connected() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._client = client
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._client is not None:
+            self.flush()
+            self._client.disconnect()
+            self._client.loop_stop()
+
+    def publish_state(self, robot_key: str, state: State, ts: datetime, retain: bool = True) -> None:
+        assert self._client is not None, "use `with MqttRobots(...)` first"
+        manufacturer, serial = robot_key.split("/", 1)
+        payload = json.dumps({"manufacturer": manufacturer, "serial": serial, "state": state.value,
+                              "ts": format_ts(ts)})
+        self._last = self._client.publish(topic_for(self.factory, serial), payload, qos=1, retain=retain)
+        self.published += 1
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Wait until the broker has acknowledged everything published so far."""
+        if self._last is not None:
+            self._last.wait_for_publish(timeout_s)
+
+    def clear_retained(self) -> None:
+        assert self._client is not None
+        for key in self.robot_keys:
+            self._client.publish(topic_for(self.factory, key.split("/", 1)[1]), b"", qos=1, retain=True)
+        self.flush()
+
+    async def replay(self, schedules: Mapping[str, Schedule], clock: SimClock) -> None:
+        """Publish each change when its simulated time comes; returns after the last one."""
+        changes = sorted((t, key, s) for key, sched in schedules.items() for t, s in sched)
+        for t, key, state in changes:
+            delay = clock.wall_at(t) - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.publish_state(key, state, t)
+        await asyncio.to_thread(self.flush)

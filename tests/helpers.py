@@ -1,0 +1,69 @@
+"""Small tools the tests share: waiting on conditions, running services in threads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from collector.consume import Collector
+from collector.db import connect
+from collector.registry import import_registry
+from robodensity.settings import Settings
+from simulators.province import Province, write_registry_csv
+
+
+def wait_until(cond: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.02)
+
+
+async def wait_until_async(cond: Callable[[], bool | Awaitable[bool]], timeout_s: float = 30.0,
+                           what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        res = cond()
+        if isinstance(res, Awaitable):
+            res = await res
+        if res:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@contextmanager
+def running_collector(settings: Settings, pg_url: str, broker_url: str, schema: str) -> Iterator[Collector]:
+    collector = Collector(settings, pg_url, broker_url, schema)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            collector.run(stop)
+        except BaseException as exc:  # surfaced to the test below
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="collector", daemon=True)
+    thread.start()
+    wait_until(lambda: collector.subscribed.is_set() or bool(errors), 15, "collector subscription")
+    try:
+        yield collector
+    finally:
+        stop.set()
+        thread.join(30)
+    if errors:
+        raise errors[0]
+
+
+def import_province(province: Province, pg_url: str, schema: str, folder: Path) -> None:
+    write_registry_csv(province, folder)
+    with connect(pg_url, schema) as conn:
+        import_registry(conn, folder)
+        conn.commit()
