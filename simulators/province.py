@@ -105,8 +105,8 @@ class ProvinceSpec:
         CitySpec("320500", "苏州市", "Suzhou", 2),
     )
     robots: int = 100
-    employees_min: int = 300
-    employees_max: int = 2500
+    employees_min: int = 150
+    employees_max: int = 900
     opcua_share: float = 0.5
     """Share of factories whose robots speak OPC UA; the rest publish on MQTT."""
     industries: tuple[Industry, ...] = field(

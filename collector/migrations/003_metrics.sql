@@ -15,8 +15,8 @@ CREATE TABLE robot_daily (
 CREATE TABLE density (
     region_code        text NOT NULL,
     industry_code      text NOT NULL,
-    period_start       date NOT NULL,
-    period_end         date NOT NULL,
+    period_start       timestamptz NOT NULL,
+    period_end         timestamptz NOT NULL,
     robot_count        integer NOT NULL,          -- registered, in operation
     employee_count     integer NOT NULL,
     robot_density      double precision,          -- NULL where employee_count = 0

@@ -1,0 +1,70 @@
+"""Density reports read from the ``v_density`` view: as a table, CSV or JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+import psycopg
+from psycopg.rows import dict_row
+from rich.table import Table
+
+Format = Literal["table", "csv", "json"]
+COLUMNS = (
+    ("region_code", "Region"), ("region_name", "Name"), ("robot_count", "Robots"),
+    ("employee_count", "Employees"), ("robot_density", "Density /10k"), ("target", "Target"),
+    ("verified_density", "Verified /10k"), ("coverage", "Coverage"), ("utilisation", "Utilisation"),
+)
+
+
+def density_report(conn: psycopg.Connection, region: str, at: datetime | None = None,
+                   industry: str = "*") -> list[dict[str, Any]]:
+    """The region and its direct children for the latest period ending at or before ``at``."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        period = cur.execute(
+            "SELECT period_start, period_end FROM density WHERE region_code = %s AND industry_code = %s "
+            "AND (%s::timestamptz IS NULL OR period_end <= %s) ORDER BY period_end DESC, period_start LIMIT 1",
+            (region, industry, at, at),
+        ).fetchone()
+        if period is None:
+            return []
+        return cur.execute(
+            "SELECT * FROM v_density WHERE (region_code = %(r)s OR parent_code = %(r)s) "
+            "AND industry_code = %(i)s AND period_start = %(s)s AND period_end = %(e)s "
+            "ORDER BY level DESC, region_code",
+            {"r": region, "i": industry, "s": period["period_start"], "e": period["period_end"]},
+        ).fetchall()
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if key in ("coverage", "utilisation", "domestic_share"):
+        return f"{100 * value:.1f} %"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def as_table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    for key, label in COLUMNS:
+        table.add_column(label, justify="left" if key.startswith("region") else "right")
+    for row in rows:
+        table.add_row(*(_cell(k, row.get(k)) for k, _ in COLUMNS), style="bold" if row["level"] == 1 else None)
+    return table
+
+
+def as_text(rows: list[dict[str, Any]], fmt: Format) -> str:
+    keys = [k for k, _ in COLUMNS] + ["industry_code", "period_start", "period_end"]
+    plain = [{k: (r[k].isoformat() if isinstance(r.get(k), datetime) else r.get(k)) for k in keys} for r in rows]
+    if fmt == "json":
+        return json.dumps(plain, ensure_ascii=False, indent=2)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(plain)
+    return buf.getvalue()
