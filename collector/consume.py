@@ -85,9 +85,14 @@ class Collector:
         stop = stop or threading.Event()
         writer = self._writer()
         # Only a collector with a stable client id has a session worth keeping.
-        mqtt_connect(self.client, self.settings.broker, self.broker_url, clean_start=not self.cfg.client_id,
-                     receive_maximum=min(65535, self.cfg.queue_max_messages),
-                     session_expiry_s=None if self.cfg.client_id else 0)
+        mqtt_connect(
+            self.client,
+            self.settings.broker,
+            self.broker_url,
+            clean_start=not self.cfg.client_id,
+            receive_maximum=min(65535, self.cfg.queue_max_messages),
+            session_expiry_s=None if self.cfg.client_id else 0,
+        )
         pending: list[Incoming] = []
         try:
             while not stop.is_set() or pending or not self._queue.empty():
@@ -99,8 +104,11 @@ class Collector:
                     committed = writer.flush(pending)
                 except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseError) as exc:
                     self.stats.db_retries += 1
-                    log.error("database unavailable, retrying %d message(s): %s", len(pending),
-                              str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                    log.error(
+                        "database unavailable, retrying %d message(s): %s",
+                        len(pending),
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                    )
                     if stop.wait(1.0):
                         break  # unacknowledged: the broker redelivers them
                     writer = self._writer(retry=True)

@@ -81,9 +81,7 @@ def migrate(url: str, schema: str = DEFAULT_SCHEMA) -> list[Migration]:
                     conn.execute(m.sql.encode())
                 except psycopg.Error as exc:
                     raise DatabaseError(f"migration {m.version:03d}_{m.name} failed: {_first_line(exc)}") from None
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (m.version, m.name)
-                )
+                conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (m.version, m.name))
                 applied.append(m)
     return applied
 

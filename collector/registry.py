@@ -87,34 +87,58 @@ class Table:
 
 
 TABLES = (
-    Table("regions", {"code": REGION, "name": _required, "name_en": str.strip, "parent_code": _optional},
-          "INSERT INTO regions (code, name, name_en, parent_code) VALUES (%s, %s, %s, %s) "
-          "ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, name_en = EXCLUDED.name_en, "
-          "parent_code = EXCLUDED.parent_code"),
-    Table("industries", {"code": INDUSTRY, "name": _required, "name_en": str.strip, "key_manufacturing": _bool},
-          "INSERT INTO industries VALUES (%s, %s, %s, %s) ON CONFLICT (code) DO UPDATE SET "
-          "name = EXCLUDED.name, name_en = EXCLUDED.name_en, key_manufacturing = EXCLUDED.key_manufacturing"),
-    Table("factories", {"factory_id": _required, "name": _required, "region_code": REGION,
-                        "industry_code": INDUSTRY},
-          "INSERT INTO factories VALUES (%s, %s, %s, %s) ON CONFLICT (factory_id) DO UPDATE SET "
-          "name = EXCLUDED.name, region_code = EXCLUDED.region_code, industry_code = EXCLUDED.industry_code"),
-    Table("headcounts", {"factory_id": _required, "valid_from": _date, "employee_count": _count},
-          "INSERT INTO headcounts VALUES (%s, %s, %s) ON CONFLICT (factory_id, valid_from) "
-          "DO UPDATE SET employee_count = EXCLUDED.employee_count"),
-    Table("robots", {"manufacturer": _required, "serial": _required, "model": str.strip, "category": str.strip,
-                     "application": str.strip, "domestic": _bool, "commissioned": _date,
-                     "decommissioned": _optional_date, "subsidy_programme": _optional},
-          "INSERT INTO robots (manufacturer, serial, model, category, application, domestic, commissioned, "
-          "decommissioned, subsidy_programme, registered) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, true) "
-          "ON CONFLICT (manufacturer, serial) DO UPDATE SET model = EXCLUDED.model, "
-          "category = EXCLUDED.category, application = EXCLUDED.application, domestic = EXCLUDED.domestic, "
-          "commissioned = EXCLUDED.commissioned, decommissioned = EXCLUDED.decommissioned, "
-          "subsidy_programme = EXCLUDED.subsidy_programme, registered = true"),
-    Table("assignments", {"manufacturer": _required, "serial": _required, "factory_id": _required,
-                          "valid_from": _date},
-          "INSERT INTO assignments (robot_id, factory_id, valid_from) "
-          "SELECT robot_id, %s, %s FROM robots WHERE manufacturer = %s AND serial = %s "
-          "ON CONFLICT (robot_id, valid_from) DO UPDATE SET factory_id = EXCLUDED.factory_id"),
+    Table(
+        "regions",
+        {"code": REGION, "name": _required, "name_en": str.strip, "parent_code": _optional},
+        "INSERT INTO regions (code, name, name_en, parent_code) VALUES (%s, %s, %s, %s) "
+        "ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, name_en = EXCLUDED.name_en, "
+        "parent_code = EXCLUDED.parent_code",
+    ),
+    Table(
+        "industries",
+        {"code": INDUSTRY, "name": _required, "name_en": str.strip, "key_manufacturing": _bool},
+        "INSERT INTO industries VALUES (%s, %s, %s, %s) ON CONFLICT (code) DO UPDATE SET "
+        "name = EXCLUDED.name, name_en = EXCLUDED.name_en, key_manufacturing = EXCLUDED.key_manufacturing",
+    ),
+    Table(
+        "factories",
+        {"factory_id": _required, "name": _required, "region_code": REGION, "industry_code": INDUSTRY},
+        "INSERT INTO factories VALUES (%s, %s, %s, %s) ON CONFLICT (factory_id) DO UPDATE SET "
+        "name = EXCLUDED.name, region_code = EXCLUDED.region_code, industry_code = EXCLUDED.industry_code",
+    ),
+    Table(
+        "headcounts",
+        {"factory_id": _required, "valid_from": _date, "employee_count": _count},
+        "INSERT INTO headcounts VALUES (%s, %s, %s) ON CONFLICT (factory_id, valid_from) "
+        "DO UPDATE SET employee_count = EXCLUDED.employee_count",
+    ),
+    Table(
+        "robots",
+        {
+            "manufacturer": _required,
+            "serial": _required,
+            "model": str.strip,
+            "category": str.strip,
+            "application": str.strip,
+            "domestic": _bool,
+            "commissioned": _date,
+            "decommissioned": _optional_date,
+            "subsidy_programme": _optional,
+        },
+        "INSERT INTO robots (manufacturer, serial, model, category, application, domestic, commissioned, "
+        "decommissioned, subsidy_programme, registered) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, true) "
+        "ON CONFLICT (manufacturer, serial) DO UPDATE SET model = EXCLUDED.model, "
+        "category = EXCLUDED.category, application = EXCLUDED.application, domestic = EXCLUDED.domestic, "
+        "commissioned = EXCLUDED.commissioned, decommissioned = EXCLUDED.decommissioned, "
+        "subsidy_programme = EXCLUDED.subsidy_programme, registered = true",
+    ),
+    Table(
+        "assignments",
+        {"manufacturer": _required, "serial": _required, "factory_id": _required, "valid_from": _date},
+        "INSERT INTO assignments (robot_id, factory_id, valid_from) "
+        "SELECT robot_id, %s, %s FROM robots WHERE manufacturer = %s AND serial = %s "
+        "ON CONFLICT (robot_id, valid_from) DO UPDATE SET factory_id = EXCLUDED.factory_id",
+    ),
 )
 
 
@@ -188,8 +212,15 @@ def load_reference_targets(conn: psycopg.Connection) -> int:
     """Preload the public targets shipped with the package (policy documents named per row)."""
     text = resources.files("robodensity.reference").joinpath("targets.csv").read_text(encoding="utf-8")
     rows = [
-        (r["scope_region"], r["scope_industry"], r["metric"], float(r["value"]), r["unit"],
-         _date(r["due_date"]), r["source"])
+        (
+            r["scope_region"],
+            r["scope_industry"],
+            r["metric"],
+            float(r["value"]),
+            r["unit"],
+            _date(r["due_date"]),
+            r["source"],
+        )
         for r in csv.DictReader(text.splitlines())
     ]
     with conn.transaction():

@@ -13,7 +13,7 @@ import bisect
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 import psycopg
@@ -24,14 +24,22 @@ from robodensity.wire import Event, event_to_dict, seq_ranges
 log = logging.getLogger(__name__)
 
 EVENT_COLUMNS = (
-    "agent_id", "seq", "robot_id", "factory_id", "ts", "type", "state", "counter", "value",
-    "alarm_code", "alarm_text", "alarm_active", "quality",
+    "agent_id",
+    "seq",
+    "robot_id",
+    "factory_id",
+    "ts",
+    "type",
+    "state",
+    "counter",
+    "value",
+    "alarm_code",
+    "alarm_text",
+    "alarm_active",
+    "quality",
 )
 _COMPARED = ", ".join(c for c in EVENT_COLUMNS if c not in ("agent_id", "seq"))
-STAGING_DDL = (
-    "CREATE TEMP TABLE IF NOT EXISTS staging_events "
-    "(LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-)
+STAGING_DDL = "CREATE TEMP TABLE IF NOT EXISTS staging_events (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 
 
 @dataclass
@@ -98,7 +106,7 @@ class Writer:
 
     def flush(self, messages: list[Incoming]) -> Committed:
         """Write ``messages`` in one transaction. Raises psycopg errors for the caller to retry."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         out = Committed()
         rows: list[tuple[Any, ...]] = []
         rejected: list[Rejected] = []
@@ -111,8 +119,7 @@ class Writer:
                 if result.batch is not None:
                     accepted.append((msg, result.batch))
             unknown = {
-                (e.reading.robot.manufacturer, e.reading.robot.serial)
-                for _, b in accepted for e in b.events
+                (e.reading.robot.manufacturer, e.reading.robot.serial) for _, b in accepted for e in b.events
             } - self.registry.ids.keys()
             if unknown:
                 self.registry.load(cur)  # imported since we last looked?
@@ -143,13 +150,26 @@ class Writer:
         home = self.registry.factory_at(robot_id, r.ts.date())
         if home is not None and home != msg.factory:
             return Rejected.of_event(
-                msg, event.seq, "robot", f"robot {r.robot.key} is registered to factory {home}, "
-                f"not {msg.factory}", event_to_dict(event),
+                msg,
+                event.seq,
+                "robot",
+                f"robot {r.robot.key} is registered to factory {home}, not {msg.factory}",
+                event_to_dict(event),
             )
         return (
-            msg.agent, event.seq, robot_id, msg.factory, r.ts, r.type.value,
-            r.state.value if r.state else None, r.counter.value if r.counter else None, r.value,
-            r.alarm_code, r.alarm_text, r.alarm_active, r.quality.value,
+            msg.agent,
+            event.seq,
+            robot_id,
+            msg.factory,
+            r.ts,
+            r.type.value,
+            r.state.value if r.state else None,
+            r.counter.value if r.counter else None,
+            r.value,
+            r.alarm_code,
+            r.alarm_text,
+            r.alarm_active,
+            r.quality.value,
         )
 
     @staticmethod
@@ -158,8 +178,23 @@ class Writer:
             return 0, 0, 0
         cols = ", ".join(EVENT_COLUMNS)
         with cur.copy(f"COPY staging_events ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(["text", "int8", "int8", "text", "timestamptz", "text", "text", "text",
-                            "float8", "text", "text", "bool", "text"])
+            copy.set_types(
+                [
+                    "text",
+                    "int8",
+                    "int8",
+                    "text",
+                    "timestamptz",
+                    "text",
+                    "text",
+                    "text",
+                    "float8",
+                    "text",
+                    "text",
+                    "bool",
+                    "text",
+                ]
+            )
             for row in rows:
                 copy.write_row(row)
         cur.execute(f"INSERT INTO events ({cols}) SELECT {cols} FROM staging_events ON CONFLICT DO NOTHING")

@@ -14,10 +14,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from edge.health import serve
 from edge.outbox import Outbox, batch_payload
 from edge.uplink import Uplink
 from robodensity import wire
@@ -28,6 +30,9 @@ log = logging.getLogger(__name__)
 
 
 class Source(Protocol):
+    """What the agent needs of a source. A source may also have ``settle(n)``: the agent
+    calls it once the next ``n`` readings it yielded are durable in the outbox."""
+
     async def __aenter__(self) -> Source: ...
     async def __aexit__(self, *exc: object) -> None: ...
     def __aiter__(self) -> AsyncIterator[wire.Reading]: ...
@@ -57,6 +62,7 @@ class AgentStats:
     refused_publishes: int = 0
     last_ack_at: float | None = None
     robots_seen: set[str] = field(default_factory=set)
+    robot_state: dict[str, wire.State] = field(default_factory=dict)
 
 
 class EdgeAgent:
@@ -67,7 +73,7 @@ class EdgeAgent:
         self.sources = list(sources) if sources is not None else build_sources(settings)
         self.outbox = Outbox(self.cfg.outbox_path, self.cfg.outbox_max_bytes)
         self.stats = AgentStats()
-        self._queue: asyncio.Queue[wire.Reading] = asyncio.Queue(10_000)
+        self._queue: asyncio.Queue[tuple[int, wire.Reading]] = asyncio.Queue(10_000)
         self._lock = asyncio.Lock()  # one outbox operation at a time
         self._acked = asyncio.Event()
         self._inflight: dict[int, tuple[float, set[int]]] = {}  # first seq -> (sent, unacked seqs)
@@ -78,22 +84,45 @@ class EdgeAgent:
         loop = asyncio.get_running_loop()
         self.uplink = Uplink(self.settings, self.broker_url, loop, self._on_ack, self._on_refused)
         self.uplink.start()
+        health = await serve(self.cfg.health_port, self.health) if self.cfg.health_port else None
         try:
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self._read(s)) for s in self.sources]
+                tasks = [tg.create_task(self._read(i, s)) for i, s in enumerate(self.sources)]
                 tasks += [tg.create_task(self._store()), tg.create_task(self._send())]
                 await stop.wait()
                 for t in tasks:
                     t.cancel()
         finally:
+            if health is not None:
+                health.close()
             self.uplink.stop()
             await asyncio.to_thread(self.outbox.close)
 
     def backlog(self) -> int:
         return self.outbox.backlog()
 
+    def health(self) -> dict[str, float]:
+        """The numbers the health endpoint serves (edge/health.py names them)."""
+        s, up = self.stats, self.uplink
+        return {
+            "robots_online": sum(st is not wire.State.OFFLINE for st in s.robot_state.values()),
+            "robots_seen": len(s.robots_seen),
+            "backlog_events": self.outbox.backlog(),
+            "oldest_unacked_age_seconds": self.outbox.oldest_age_s(),
+            "readings_total": s.readings,
+            "acked_events_total": s.acked_events,
+            "published_batches_total": s.published_batches,
+            "resent_batches_total": s.resent_batches,
+            "refused_publishes_total": s.refused_publishes,
+            "uplink_reconnects_total": up.reconnects if up else 0,
+            "uplink_connected": float(bool(up and up.connected.is_set())),
+            "outbox_bytes": self.outbox.size_bytes(),
+            "outbox_dropped_counters_total": self.outbox.dropped_counters,
+            "last_ack_timestamp_seconds": s.last_ack_at or 0.0,
+        }
+
     # -- readers and store ---------------------------------------------------------
-    async def _read(self, source: Source) -> None:
+    async def _read(self, index: int, source: Source) -> None:
         backoff = 1.0
         while True:
             try:
@@ -101,7 +130,7 @@ class EdgeAgent:
                     backoff = 1.0
                     async for reading in source:
                         self.stats.readings += 1
-                        await self._queue.put(reading)
+                        await self._queue.put((index, reading))
             except SourceError as exc:
                 log.error("source failed: %s; retrying in %.0f s", exc, backoff)
             await asyncio.sleep(backoff)
@@ -112,10 +141,19 @@ class EdgeAgent:
             batch = [await self._queue.get()]
             while not self._queue.empty() and len(batch) < 5_000:
                 batch.append(self._queue.get_nowait())
+            readings = [r for _, r in batch]
             async with self._lock:
-                seqs = await asyncio.to_thread(self.outbox.add, batch)
+                seqs = await asyncio.to_thread(self.outbox.add, readings)
             self.stats.stored += len(seqs)
-            self.stats.robots_seen.update(r.robot.key for r in batch if r.type is wire.EventType.STATE)
+            for r in readings:
+                if r.state is not None:
+                    self.stats.robots_seen.add(r.robot.key)
+                    self.stats.robot_state[r.robot.key] = r.state
+            # Durable now: a source may release what it holds for redelivery (MQTT acks).
+            for index, n in Counter(i for i, _ in batch).items():
+                settle = getattr(self.sources[index], "settle", None)
+                if settle is not None:
+                    settle(n)
 
     # -- sender and acks -------------------------------------------------------------
     async def _send(self) -> None:

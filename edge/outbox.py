@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,
     kind    INTEGER NOT NULL,          -- 0 state, 1 alarm, 2 counter: drop order is highest first
     body    TEXT NOT NULL,             -- the wire event without its seq
-    sent_at REAL                       -- monotonic-free wall time of the last send, NULL if never
+    created REAL NOT NULL,             -- wall time [s since epoch] it entered the outbox
+    sent_at REAL                       -- wall time of the last send, NULL if never
 );
 """
 _KIND = {EventType.STATE: 0, EventType.ALARM: 1, EventType.COUNTER: 2}
@@ -65,8 +66,13 @@ class Outbox:
     def _make_room(self, readings: Sequence[Reading]) -> list[Reading]:
         used = self.size_bytes()
         if used >= 0.9 * self.max_bytes and not self._warned:
-            log.warning("outbox %s is %.0f %% full (%d bytes of %d): the uplink is behind",
-                        self.path, 100 * used / self.max_bytes, used, self.max_bytes)
+            log.warning(
+                "outbox %s is %.0f %% full (%d bytes of %d): the uplink is behind",
+                self.path,
+                100 * used / self.max_bytes,
+                used,
+                self.max_bytes,
+            )
             self._warned = True
         elif used < 0.8 * self.max_bytes:
             self._warned = False
@@ -93,13 +99,16 @@ class Outbox:
         """Store readings durably in one transaction; returns their sequence numbers."""
         batch = self._make_room(list(readings))
         seqs = []
+        now = time.time()
         self.db.execute("BEGIN IMMEDIATE")
         try:
             for r in batch:
                 doc = event_to_dict(Event(0, r))
                 del doc["seq"]
                 body = json.dumps(doc, separators=(",", ":"))
-                cur = self.db.execute("INSERT INTO outbox (kind, body) VALUES (?, ?)", (_KIND[r.type], body))
+                cur = self.db.execute(
+                    "INSERT INTO outbox (kind, body, created) VALUES (?, ?, ?)", (_KIND[r.type], body, now)
+                )
                 seqs.append(int(cur.lastrowid or 0))
             self.db.execute("COMMIT")
         except BaseException:
@@ -136,13 +145,14 @@ class Outbox:
     def backlog(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM outbox").fetchone()[0])
 
-    def oldest_unacked_seq(self) -> int | None:
-        row = self.db.execute("SELECT min(seq) FROM outbox").fetchone()
-        return int(row[0]) if row and row[0] is not None else None
+    def oldest_age_s(self) -> float:
+        """Age [s] of the oldest unacknowledged event; 0 when the outbox is empty."""
+        row = self.db.execute("SELECT created FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        return max(0.0, time.time() - float(row[0])) if row else 0.0
 
 
 def batch_payload(agent: str, factory: str, rows: Sequence[tuple[int, str]]) -> bytes:
     """Assemble an uplink message from stored bodies without re-parsing them."""
-    events = ",".join('{"seq":%d,%s' % (seq, body[1:]) for seq, body in rows)
+    events = ",".join(f'{{"seq":{seq},{body[1:]}' for seq, body in rows)
     head = json.dumps({"v": VERSION, "agent": agent, "factory": factory}, separators=(",", ":"))[:-1]
     return f'{head},"events":[{events}]}}'.encode()

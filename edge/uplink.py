@@ -25,8 +25,14 @@ log = logging.getLogger(__name__)
 
 
 class Uplink:
-    def __init__(self, settings: Settings, broker_url: str, loop: asyncio.AbstractEventLoop,
-                 on_ack: Callable[[wire.Ack], None], on_refused: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        broker_url: str,
+        loop: asyncio.AbstractEventLoop,
+        on_ack: Callable[[wire.Ack], None],
+        on_refused: Callable[[int], None],
+    ) -> None:
         edge = settings.edge
         self.settings = settings
         self.broker_url = broker_url
@@ -88,6 +94,10 @@ class Uplink:
     def _on_publish(self, _c: mqtt.Client, _u: object, mid: int, reason: object, _p: object) -> None:
         if getattr(reason, "is_failure", False):
             self.refused += 1
-            log.error("broker refused uplink message %d: %s (check the broker ACL for factory %s)",
-                      mid, reason, self.factory)
+            log.error(
+                "broker refused uplink message %d: %s (check the broker ACL for factory %s)",
+                mid,
+                reason,
+                self.factory,
+            )
             self.loop.call_soon_threadsafe(self.on_refused, mid)

@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,12 +42,25 @@ registry_app = typer.Typer(help="The robot registry: regions, factories, headcou
 metrics_app = typer.Typer(help="Compute metrics from stored telemetry.", no_args_is_help=True)
 report_app = typer.Typer(help="Reports for economic departments.", no_args_is_help=True)
 simulate_app = typer.Typer(help="Simulated controllers and provinces.", no_args_is_help=True)
-for sub, name in ((edge_app, "edge"), (collector_app, "collector"), (db_app, "db"), (registry_app, "registry"),
-                  (metrics_app, "metrics"), (report_app, "report"), (simulate_app, "simulate")):
+for sub, name in (
+    (edge_app, "edge"),
+    (collector_app, "collector"),
+    (db_app, "db"),
+    (registry_app, "registry"),
+    (metrics_app, "metrics"),
+    (report_app, "report"),
+    (simulate_app, "simulate"),
+):
     app.add_typer(sub, name=name)
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="Settings file (TOML); see deploy/robodensity.example.toml.",
-                         envvar="ROBODENSITY_CONFIG", exists=False)
+ConfigOpt = typer.Option(
+    None,
+    "--config",
+    "-c",
+    help="Settings file (TOML); see deploy/robodensity.example.toml.",
+    envvar="ROBODENSITY_CONFIG",
+    exists=False,
+)
 SchemaOpt = typer.Option("robodensity", "--schema", help="Database schema holding every RoboDensity object.")
 
 
@@ -67,8 +80,11 @@ def friendly(fn: F) -> F:
 
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", datefmt="[%X]",
-        handlers=[RichHandler(console=err_console, show_path=False)], force=True,
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=err_console, show_path=False)],
+        force=True,
     )
     for noisy in ("asyncua", "opcua"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -76,15 +92,19 @@ def setup_logging(verbose: bool = False) -> None:
 
 def database_url(settings: Settings) -> str:
     if settings.database.url is None:
-        raise ConfigError("database.url is not set: set [database] url in the settings file or "
-                          "ROBODENSITY_DATABASE__URL (postgresql://user@host:port/db)")
+        raise ConfigError(
+            "database.url is not set: set [database] url in the settings file or "
+            "ROBODENSITY_DATABASE__URL (postgresql://user@host:port/db)"
+        )
     return settings.database.url.get_secret_value()
 
 
 def broker_url(settings: Settings) -> str:
     if settings.broker.url is None:
-        raise ConfigError("broker.url is not set: set [broker] url in the settings file or "
-                          "ROBODENSITY_BROKER__URL (mqtts://host:8883)")
+        raise ConfigError(
+            "broker.url is not set: set [broker] url in the settings file or "
+            "ROBODENSITY_BROKER__URL (mqtts://host:8883)"
+        )
     return settings.broker.url
 
 
@@ -124,12 +144,24 @@ def demo(
     if not verbose:
         logging.getLogger().setLevel(logging.WARNING)
     settings = load_settings(config)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeElapsedColumn(), console=err_console, transient=True) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("starting", total=1.0)
-        result = run_demo(settings, out, ProvinceSpec(robots=robots), seed=seed, hours=hours,
-                          replay_s=replay_seconds,
-                          step=lambda what, done: progress.update(task, description=what, completed=done))
+        result = run_demo(
+            settings,
+            out,
+            ProvinceSpec(robots=robots),
+            seed=seed,
+            hours=hours,
+            replay_s=replay_seconds,
+            step=lambda what, done: progress.update(task, description=what, completed=done),
+        )
     period = f"{result.start:%Y-%m-%d %H:%M} – {result.end:%H:%M} UTC"
     console.print(as_table(result.rows, f"Robot density, {period}"))
     console.print(
@@ -174,14 +206,16 @@ def edge_run(config: Path | None = ConfigOpt, verbose: bool = typer.Option(False
 @friendly
 def edge_discover(
     url: str = typer.Argument(..., help="opc.tcp://HOST:PORT of a robot controller."),
-    security_policy: str | None = typer.Option(None, help="Basic256Sha256, Aes128_Sha256_RsaOaep or "
-                                               "Aes256_Sha256_RsaPss; omit for none."),
+    security_policy: str | None = typer.Option(
+        None, help="Basic256Sha256, Aes128_Sha256_RsaOaep or Aes256_Sha256_RsaPss; omit for none."
+    ),
     certificate: Path | None = typer.Option(None, help="Client certificate (DER or PEM)."),
     private_key: Path | None = typer.Option(None, help="Client private key (PEM)."),
     trust_dir: Path | None = typer.Option(None, help="Folder of trusted server certificates."),
     username: str | None = typer.Option(None),
-    password: str | None = typer.Option(None, envvar="ROBODENSITY_OPCUA_PASSWORD",
-                                        help="Prefer the environment variable to the command line."),
+    password: str | None = typer.Option(
+        None, envvar="ROBODENSITY_OPCUA_PASSWORD", help="Prefer the environment variable to the command line."
+    ),
 ) -> None:
     """List the robots an OPC UA server exposes (OPC 40010 MotionDeviceSystem instances).
 
@@ -193,9 +227,15 @@ def edge_discover(
     from robodensity.settings import OpcUaSourceSettings
 
     try:
-        settings = OpcUaSourceSettings(url=url, security_policy=security_policy, certificate=certificate,
-                                       private_key=private_key, trust_dir=trust_dir, username=username,
-                                       password=password)
+        settings = OpcUaSourceSettings(
+            url=url,
+            security_policy=security_policy,
+            certificate=certificate,
+            private_key=private_key,
+            trust_dir=trust_dir,
+            username=username,
+            password=password,
+        )
     except ValueError as exc:
         from robodensity.settings import describe_validation_error
 
@@ -214,8 +254,11 @@ def edge_discover(
 
 @collector_app.command("run")
 @friendly
-def collector_run(config: Path | None = ConfigOpt, schema: str = SchemaOpt,
-                  verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+def collector_run(
+    config: Path | None = ConfigOpt,
+    schema: str = SchemaOpt,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
     """Consume edge uplinks, store them once each, acknowledge what is committed.
 
     Example: ROBODENSITY_DATABASE__URL=postgresql://collector@db/robodensity robodensity collector run
@@ -244,15 +287,23 @@ def db_migrate(config: Path | None = ConfigOpt, schema: str = SchemaOpt) -> None
     applied = migrate(url, schema)
     with connect(url, schema) as conn:
         load_reference_targets(conn)
-    console.print(f"applied {len(applied)} migration(s): {', '.join(f'{m.version:03d}_{m.name}' for m in applied) or 'none needed'}")
+    names = ", ".join(f"{m.version:03d}_{m.name}" for m in applied) or "none needed"
+    console.print(f"applied {len(applied)} migration(s): {names}")
 
 
 @registry_app.command("import")
 @friendly
-def registry_import(folder: Path = typer.Argument(..., exists=True, file_okay=False,
-                                                   help="Folder with regions.csv, industries.csv, factories.csv, "
-                                                   "headcounts.csv, robots.csv, assignments.csv (any subset)."),
-                    config: Path | None = ConfigOpt, schema: str = SchemaOpt) -> None:
+def registry_import(
+    folder: Path = typer.Argument(
+        ...,
+        exists=True,
+        file_okay=False,
+        help="Folder with regions.csv, industries.csv, factories.csv, "
+        "headcounts.csv, robots.csv, assignments.csv (any subset).",
+    ),
+    config: Path | None = ConfigOpt,
+    schema: str = SchemaOpt,
+) -> None:
     """Validate every row of the registry files, then import them all or nothing.
 
     Example: robodensity registry import ./registry
@@ -283,7 +334,8 @@ def _day(s: str, name: str) -> datetime:
 def metrics_compute(
     from_: str = typer.Option(..., "--from", help="First day, YYYY-MM-DD (China Standard Time)."),
     to: str = typer.Option(..., "--to", help="Day after the last, YYYY-MM-DD."),
-    config: Path | None = ConfigOpt, schema: str = SchemaOpt,
+    config: Path | None = ConfigOpt,
+    schema: str = SchemaOpt,
 ) -> None:
     """Compute daily time in state, utilisation and densities for a period and store them.
 
@@ -295,7 +347,10 @@ def metrics_compute(
     start, end = _day(from_, "--from"), _day(to, "--to")
     if end <= start:
         raise ConfigError("--to must be after --from")
-    with connect(database_url(load_settings(config)), schema) as conn, Progress(console=err_console) as progress:
+    with (
+        connect(database_url(load_settings(config)), schema) as conn,
+        Progress(console=err_console) as progress,
+    ):
         task = progress.add_task("metrics", total=4)
         n = compute(conn, start, end, lambda what: progress.update(task, description=what, advance=1))
     console.print(f"wrote {n} density rows for {from_} .. {to}")
@@ -328,7 +383,7 @@ def metrics_stock(
                 raise ConfigError(f"{installations}: line {line}: year and installations must be numbers") from None
     stock = ifr_operational_stock(years, counts, service_life=service_life)
     sys.stdout.write("year,operational_stock\n")
-    for y, s in zip(years, stock):
+    for y, s in zip(years, stock, strict=False):
         sys.stdout.write(f"{y},{s:.0f}\n")
 
 
@@ -339,7 +394,8 @@ def report_density(
     at: str | None = typer.Option(None, help="Latest period ending on or before this date (YYYY-MM-DD)."),
     industry: str = typer.Option("*", help="GB/T 4754 code, or * for all manufacturing."),
     fmt: str = typer.Option("table", "--format", help="table, csv or json."),
-    config: Path | None = ConfigOpt, schema: str = SchemaOpt,
+    config: Path | None = ConfigOpt,
+    schema: str = SchemaOpt,
 ) -> None:
     """Robot density of a region and its sub-regions, with target, coverage and utilisation.
 
@@ -354,8 +410,9 @@ def report_density(
     with connect(database_url(load_settings(config)), schema) as conn:
         rows = density_report(conn, region, when, industry)
     if not rows:
-        raise RoboDensityError(f"no density computed for region {region} (industry {industry}); "
-                               "run `robodensity metrics compute` first")
+        raise RoboDensityError(
+            f"no density computed for region {region} (industry {industry}); run `robodensity metrics compute` first"
+        )
     if fmt == "table":
         console.print(as_table(rows, f"Robot density, region {region}"))
     else:
@@ -380,8 +437,9 @@ def simulate_province(
 
     province = generate(load_spec(spec) if spec else ProvinceSpec(), seed)
     paths = write_registry_csv(province, out)
-    console.print(f"{len(province.factories)} factories, {len(province.robots)} robots: "
-                  + ", ".join(str(p) for p in paths))
+    console.print(
+        f"{len(province.factories)} factories, {len(province.robots)} robots: " + ", ".join(str(p) for p in paths)
+    )
 
 
 @simulate_app.command("mqtt")
@@ -403,7 +461,7 @@ def simulate_mqtt(
     from simulators.behaviour import SimClock, state_schedule
     from simulators.mqtt_robot import MqttRobots
 
-    end = datetime.now(timezone.utc)
+    end = datetime.now(UTC)
     start = end - timedelta(hours=hours)
     keys = [f"SIM/{factory}-{i + 1:04d}" for i in range(robots)]
     schedules = {k: state_schedule(seed, k, start, end) for k in keys}

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +69,19 @@ def schedules_for(province: Province, seed: int, start: datetime, end: datetime)
     }
 
 
-def run_demo(settings: Settings, out_dir: Path, spec: ProvinceSpec = ProvinceSpec(), seed: int = 1,
-             hours: float = 8.0, replay_s: float = 30.0, schema: str = DEFAULT_SCHEMA,
-             step: Step = lambda _m, _f: None) -> DemoResult:
+def run_demo(
+    settings: Settings,
+    out_dir: Path,
+    spec: ProvinceSpec = ProvinceSpec(),
+    seed: int = 1,
+    hours: float = 8.0,
+    replay_s: float = 30.0,
+    schema: str = DEFAULT_SCHEMA,
+    step: Step = lambda _m, _f: None,
+) -> DemoResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     province = generate(spec, seed)
-    end = datetime.now(timezone.utc).replace(microsecond=0)
+    end = datetime.now(UTC).replace(microsecond=0)
     start = end - timedelta(hours=hours)
     schedules = schedules_for(province, seed, start, end)
     step("starting services", 0.02)
@@ -85,15 +92,28 @@ def run_demo(settings: Settings, out_dir: Path, spec: ProvinceSpec = ProvinceSpe
             load_reference_targets(conn)
             import_registry(conn, write_registry_csv(province, out_dir / "registry")[0].parent)
             conn.commit()
-        run_settings = settings.model_copy(update={"collector": settings.collector.model_copy(
-            update={"share_group": f"demo{seed}"})})
+        run_settings = settings.model_copy(
+            update={"collector": settings.collector.model_copy(update={"share_group": f"demo{seed}"})}
+        )
         collector = Collector(run_settings, db_url, broker_url, schema)
         stop = threading.Event()
         thread = threading.Thread(target=collector.run, args=(stop,), name="collector", daemon=True)
         thread.start()
         try:
-            asyncio.run(_fleet(run_settings, province, schedules, broker_url, out_dir, start, end,
-                               replay_s, step, lambda: _stored_through(db_url, schema, schedules)))
+            asyncio.run(
+                _fleet(
+                    run_settings,
+                    province,
+                    schedules,
+                    broker_url,
+                    out_dir,
+                    start,
+                    end,
+                    replay_s,
+                    step,
+                    lambda: _stored_through(db_url, schema, schedules),
+                )
+            )
         finally:
             stop.set()
             thread.join(30)
@@ -113,16 +133,27 @@ def run_demo(settings: Settings, out_dir: Path, spec: ProvinceSpec = ProvinceSpe
 def _stored_through(db_url: str, schema: str, schedules: dict[str, Schedule]) -> bool:
     """True once every robot's last scheduled change is in the database."""
     with connect(db_url, schema) as conn:
-        latest = dict(conn.execute(
-            "SELECT r.manufacturer || '/' || r.serial, max(e.ts) FROM events e JOIN robots r USING (robot_id) "
-            "WHERE e.type = 'state' GROUP BY 1"
-        ).fetchall())
+        latest = dict(
+            conn.execute(
+                "SELECT r.manufacturer || '/' || r.serial, max(e.ts) FROM events e JOIN robots r USING (robot_id) "
+                "WHERE e.type = 'state' GROUP BY 1"
+            ).fetchall()
+        )
     return all(latest.get(k) is not None and latest[k] >= s[-1][0] for k, s in schedules.items())
 
 
-async def _fleet(settings: Settings, province: Province, schedules: dict[str, Schedule], broker_url: str,
-                 out_dir: Path, start: datetime, end: datetime, replay_s: float, step: Step,
-                 all_stored: Callable[[], bool]) -> None:
+async def _fleet(
+    settings: Settings,
+    province: Province,
+    schedules: dict[str, Schedule],
+    broker_url: str,
+    out_dir: Path,
+    start: datetime,
+    end: datetime,
+    replay_s: float,
+    step: Step,
+    all_stored: Callable[[], bool],
+) -> None:
     """Simulators and edge agents for every factory, replaying the schedules once."""
     async with contextlib.AsyncExitStack() as stack:
         step("starting simulated controllers", 0.08)
@@ -135,9 +166,12 @@ async def _fleet(settings: Settings, province: Province, schedules: dict[str, Sc
             if factory.protocol == "opcua":
                 from simulators.opcua_controller import OpcUaController, SimRobot
 
-                ctrl = await stack.enter_async_context(OpcUaController(
-                    [SimRobot(r.manufacturer, r.serial, r.model) for r in province.robots_of(factory.id)],
-                    name=factory.id))
+                ctrl = await stack.enter_async_context(
+                    OpcUaController(
+                        [SimRobot(r.manufacturer, r.serial, r.model) for r in province.robots_of(factory.id)],
+                        name=factory.id,
+                    )
+                )
                 for k, [(t, s)] in initial.items():
                     await ctrl.set_state(k, s, t)
                 sources: dict[str, Any] = {"opcua": [OpcUaSourceSettings(url=ctrl.url)]}
@@ -150,22 +184,34 @@ async def _fleet(settings: Settings, province: Province, schedules: dict[str, Sc
                 robots.flush()
                 sources = {"mqtt_json": [MqttJsonSourceSettings(url=broker_url, topic=topic_for(factory.id))]}
                 replays.append((robots.replay, rest))
-            edge = settings.edge.model_copy(update={
-                "agent_id": f"edge-{factory.id}", "factory_id": factory.id, "batch_linger_ms": 50,
-                "outbox_path": out_dir / "edge" / f"{factory.id}.sqlite", **sources})
+            edge = settings.edge.model_copy(
+                update={
+                    "agent_id": f"edge-{factory.id}",
+                    "factory_id": factory.id,
+                    "batch_linger_ms": 50,
+                    "outbox_path": out_dir / "edge" / f"{factory.id}.sqlite",
+                    **sources,
+                }
+            )
             agents.append((factory, EdgeAgent(settings.model_copy(update={"edge": edge}), broker_url)))
         stop = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(agent.run(stop)) for _, agent in agents]
             try:
                 step("edge agents reading the robots", 0.12)
-                await _until(lambda: all(len(a.stats.robots_seen) >= len(province.robots_of(f.id))
-                                         for f, a in agents), 60, "every robot's first state at its edge agent")
+                await _until(
+                    lambda: all(len(a.stats.robots_seen) >= len(province.robots_of(f.id)) for f, a in agents),
+                    60,
+                    "every robot's first state at its edge agent",
+                )
                 clock = SimClock(start, time.monotonic(), (end - start).total_seconds() / replay_s)
                 replay = asyncio.gather(*(fn(rest, clock) for fn, rest in replays))
                 while not replay.done():
                     done = min(1.0, (time.monotonic() - clock.wall_start) / replay_s)
-                    step(f"replaying {(end - start).total_seconds() / 3600:.0f} simulated hours", 0.15 + 0.6 * done)
+                    step(
+                        f"replaying {(end - start).total_seconds() / 3600:.0f} simulated hours",
+                        0.15 + 0.6 * done,
+                    )
                     await asyncio.wait([replay], timeout=0.5)
                 await replay
                 step("waiting for the collector to commit everything", 0.8)
@@ -183,4 +229,3 @@ async def _until(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise RoboDensityError(f"demo: timed out after {timeout_s:.0f} s waiting for {what}")
         await asyncio.sleep(0.1)
-

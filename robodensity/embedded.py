@@ -48,9 +48,7 @@ def postgres_bindir() -> Path:
     which = shutil.which("initdb")
     if which and shutil.which("pg_ctl"):
         return Path(which).parent
-    raise ServiceError(
-        "PostgreSQL server binaries not found: install the Debian package postgresql (./dev does)"
-    )
+    raise ServiceError("PostgreSQL server binaries not found: install the Debian package postgresql (./dev does)")
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:
@@ -79,19 +77,53 @@ def embedded_postgres(port: int | None = None) -> Iterator[str]:
                 raise ServiceError("running as root needs the postgres system user (package postgresql)") from None
             os.chown(root, pw.pw_uid, pw.pw_gid)
         _run(
-            _as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
-                          "-E", "UTF8", "--locale=C", "--no-sync"]),
+            _as_postgres(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ]
+            ),
             "initdb",
         )
-        opts = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        _run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l",
-                           str(root / "log"), "-w", "-t", "60", "start"]), "pg_ctl start")
+        opts = (
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        _run(
+            _as_postgres(
+                [
+                    str(bindir / "pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-o",
+                    opts,
+                    "-l",
+                    str(root / "log"),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ]
+            ),
+            "pg_ctl start",
+        )
         try:
             yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
         finally:
-            subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w",
-                                         "stop"]), capture_output=True, check=False)
+            subprocess.run(
+                _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
+                capture_output=True,
+                check=False,
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

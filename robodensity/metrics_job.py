@@ -94,14 +94,16 @@ def load_state_events(conn: psycopg.Connection, start: datetime, end: datetime) 
     )
 
 
-def robot_seconds(events: StateEvents, robot_ids: np.ndarray, start: datetime, end: datetime,
-                  bucket_s: int | None = None) -> np.ndarray:
+def robot_seconds(
+    events: StateEvents, robot_ids: np.ndarray, start: datetime, end: datetime, bucket_s: int | None = None
+) -> np.ndarray:
     """Seconds in state (robots, buckets, states) for ``robot_ids`` (sorted); other robots' events ignored."""
     idx = np.searchsorted(robot_ids, events.robot_id)
     idx_clipped = np.minimum(idx, max(len(robot_ids) - 1, 0))
     known = (idx < len(robot_ids)) & (robot_ids[idx_clipped] == events.robot_id) if len(robot_ids) else idx < 0
-    return seconds_in_state(idx[known], events.ts_us[known], events.state[known], len(robot_ids),
-                            _us(start), _us(end), bucket_s)
+    return seconds_in_state(
+        idx[known], events.ts_us[known], events.state[known], len(robot_ids), _us(start), _us(end), bucket_s
+    )
 
 
 def compute(conn: psycopg.Connection, start: datetime, end: datetime, progress: Progress = lambda _: None) -> int:
@@ -122,9 +124,24 @@ def compute(conn: psycopg.Connection, start: datetime, end: datetime, progress: 
             "INSERT INTO density (region_code, industry_code, period_start, period_end, robot_count, "
             "employee_count, robot_density, verified_count, verified_density, reporting_count, coverage, "
             "domestic_share, utilisation) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [(r["region_code"], r["industry_code"], start, end, r["robot_count"], r["employee_count"],
-              r["robot_density"], r["verified_count"], r["verified_density"], r["reporting_count"],
-              r["coverage"], r["domestic_share"], r["utilisation"]) for r in rows],
+            [
+                (
+                    r["region_code"],
+                    r["industry_code"],
+                    start,
+                    end,
+                    r["robot_count"],
+                    r["employee_count"],
+                    r["robot_density"],
+                    r["verified_count"],
+                    r["verified_density"],
+                    r["reporting_count"],
+                    r["coverage"],
+                    r["domestic_share"],
+                    r["utilisation"],
+                )
+                for r in rows
+            ],
         )
     return len(rows)
 
@@ -144,49 +161,67 @@ def density_rows(fleet: Fleet, window: np.ndarray) -> list[dict[str, Any]]:
     robots = per_factory(np.ones(len(fleet.robot_id)))
     keys: dict[tuple[str, str], int] = {}
     members: list[tuple[int, int]] = []  # (factory row, group)
-    for i, (region, industry) in enumerate(zip(fleet.region, fleet.industry)):
+    for i, (region, industry) in enumerate(zip(fleet.region, fleet.industry, strict=False)):
         for code in region_ancestors(region):
             for ind in (ALL_INDUSTRIES, industry):
                 members.append((i, keys.setdefault((code, ind), len(keys))))
     rows_f = np.array([m[0] for m in members], dtype=np.int64)
     group = np.array([m[1] for m in members], dtype=np.int64)
-    r = rollup(group, len(keys), robots[rows_f], fleet.employees[rows_f],
-               reporting=per_factory(reporting)[rows_f], domestic=per_factory(fleet.domestic)[rows_f])
+    r = rollup(
+        group,
+        len(keys),
+        robots[rows_f],
+        fleet.employees[rows_f],
+        reporting=per_factory(reporting)[rows_f],
+        domestic=per_factory(fleet.domestic)[rows_f],
+    )
     verified_g = rollup(group, len(keys), per_factory(verified)[rows_f], fleet.employees[rows_f])
     util_sum = np.bincount(group, weights=per_factory(util)[rows_f], minlength=len(keys))
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_util = np.where(r["reporting_count"] > 0, util_sum / r["reporting_count"], np.nan)
     out = []
     for (code, ind), g in keys.items():
-        out.append({
-            "region_code": code, "industry_code": ind,
-            "robot_count": int(r["robot_count"][g]), "employee_count": int(r["employee_count"][g]),
-            "robot_density": _num(r["robot_density"][g]),
-            "verified_count": int(verified_g["robot_count"][g]),
-            "verified_density": _num(verified_g["robot_density"][g]),
-            "reporting_count": int(r["reporting_count"][g]), "coverage": _num(r["coverage"][g]),
-            "domestic_share": _num(r["domestic_share"][g]), "utilisation": _num(mean_util[g]),
-        })
+        out.append(
+            {
+                "region_code": code,
+                "industry_code": ind,
+                "robot_count": int(r["robot_count"][g]),
+                "employee_count": int(r["employee_count"][g]),
+                "robot_density": _num(r["robot_density"][g]),
+                "verified_count": int(verified_g["robot_count"][g]),
+                "verified_density": _num(verified_g["robot_density"][g]),
+                "reporting_count": int(r["reporting_count"][g]),
+                "coverage": _num(r["coverage"][g]),
+                "domestic_share": _num(r["domestic_share"][g]),
+                "utilisation": _num(mean_util[g]),
+            }
+        )
     return out
 
 
-def _store_daily(conn: psycopg.Connection, events: StateEvents, fleet: Fleet, day0: datetime,
-                 end: datetime) -> None:
+def _store_daily(conn: psycopg.Connection, events: StateEvents, fleet: Fleet, day0: datetime, end: datetime) -> None:
     ids = np.unique(np.concatenate([events.robot_id, fleet.robot_id]))
     seconds = robot_seconds(events, ids, day0, end, 86_400)
-    factory_of = dict(zip(fleet.robot_id.tolist(), fleet.robot_factory.tolist()))
+    factory_of = dict(zip(fleet.robot_id.tolist(), fleet.robot_factory.tolist(), strict=False))
     rows = []
     for i, rid in enumerate(ids.tolist()):
         f = factory_of.get(rid, -1)
         for b in range(seconds.shape[1]):
             s = seconds[i, b]
             if s[OFFLINE] < s.sum():  # a day the robot reported at all
-                rows.append((rid, (day0 + timedelta(days=b)).date(), fleet.factory_id[f] if f >= 0 else None,
-                             *map(float, s)))
+                rows.append(
+                    (
+                        rid,
+                        (day0 + timedelta(days=b)).date(),
+                        fleet.factory_id[f] if f >= 0 else None,
+                        *map(float, s),
+                    )
+                )
     with conn.transaction():
         conn.cursor().executemany(
             "INSERT INTO robot_daily (robot_id, day, factory_id, "
-            + ", ".join(f"{s.value.lower()}_s" for s in STATES) + ") VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+            + ", ".join(f"{s.value.lower()}_s" for s in STATES)
+            + ") VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (robot_id, day) DO UPDATE SET factory_id = EXCLUDED.factory_id, "
             + ", ".join(f"{s.value.lower()}_s = EXCLUDED.{s.value.lower()}_s" for s in STATES),
             rows,

@@ -24,10 +24,8 @@ def broker_address(url: str) -> tuple[str, int, bool]:
 
 
 def make_client(broker: BrokerSettings, url: str, client_id: str, manual_ack: bool = False) -> mqtt.Client:
-    host, _, tls = broker_address(url)
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=manual_ack
-    )
+    _host, _, tls = broker_address(url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=manual_ack)
     if tls:
         client.tls_set(
             ca_certs=str(broker.ca_file) if broker.ca_file else None,
@@ -52,12 +50,21 @@ def connect_properties(session_expiry_s: int, receive_maximum: int | None = None
     return props
 
 
-def connect(client: mqtt.Client, broker: BrokerSettings, url: str, clean_start: bool,
-            receive_maximum: int | None = None, session_expiry_s: int | None = None) -> None:
+def connect(
+    client: mqtt.Client,
+    broker: BrokerSettings,
+    url: str,
+    clean_start: bool,
+    receive_maximum: int | None = None,
+    session_expiry_s: int | None = None,
+) -> None:
     """Start connecting in paho's own thread; paho reconnects by itself afterwards."""
     host, port, _ = broker_address(url)
     client.connect_async(
-        host, port, keepalive=broker.keepalive_s, clean_start=clean_start,
+        host,
+        port,
+        keepalive=broker.keepalive_s,
+        clean_start=clean_start,
         properties=connect_properties(
             broker.session_expiry_s if session_expiry_s is None else session_expiry_s, receive_maximum
         ),

@@ -14,14 +14,21 @@ from rich.table import Table
 
 Format = Literal["table", "csv", "json"]
 COLUMNS = (
-    ("region_code", "Region"), ("region_name", "Name"), ("robot_count", "Robots"),
-    ("employee_count", "Employees"), ("robot_density", "Density /10k"), ("target", "Target"),
-    ("verified_density", "Verified /10k"), ("coverage", "Coverage"), ("utilisation", "Utilisation"),
+    ("region_code", "Region"),
+    ("region_name", "Name"),
+    ("robot_count", "Robots"),
+    ("employee_count", "Employees"),
+    ("robot_density", "Density /10k"),
+    ("target", "Target"),
+    ("verified_density", "Verified /10k"),
+    ("coverage", "Coverage"),
+    ("utilisation", "Utilisation"),
 )
 
 
-def density_report(conn: psycopg.Connection, region: str, at: datetime | None = None,
-                   industry: str = "*") -> list[dict[str, Any]]:
+def density_report(
+    conn: psycopg.Connection, region: str, at: datetime | None = None, industry: str = "*"
+) -> list[dict[str, Any]]:
     """The region and its direct children for the latest period ending at or before ``at``."""
     with conn.cursor(row_factory=dict_row) as cur:
         period = cur.execute(

@@ -95,6 +95,10 @@ class MqttJsonSourceSettings(_Section):
 
     url: str
     topic: str = "robots/+/state"
+    client_id: str | None = None
+    """Set it for a persistent session: what robots publish while the agent is down waits on the
+    factory broker, and each message is acknowledged only once it is durable in the outbox."""
+    session_expiry_s: int = Field(7 * 86_400, ge=0)
     manufacturer_field: str = "manufacturer"
     serial_field: str = "serial"
     state_field: str = "state"
@@ -134,9 +138,7 @@ class CollectorSettings(_Section):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="ROBODENSITY_", env_nested_delimiter="__", frozen=True, extra="forbid"
-    )
+    model_config = SettingsConfigDict(env_prefix="ROBODENSITY_", env_nested_delimiter="__", frozen=True, extra="forbid")
     database: DatabaseSettings = DatabaseSettings()
     broker: BrokerSettings = BrokerSettings()
     edge: EdgeSettings = EdgeSettings()
@@ -187,7 +189,7 @@ def describe_validation_error(exc: ValidationError, path: Path | None = None) ->
             msg = "must be one of " + msg.removeprefix("Input should be ").replace("'", "")
         got = err.get("input")
         shown = "" if err["type"] == "missing" or isinstance(got, dict) else f"; got {got!r}"
-        if "password" in key or "url" in key and "database" in key:
+        if "password" in key or ("url" in key and "database" in key):
             shown = ""  # never echo a secret
         lines.append(f"{key or '(root)'} {msg[0].lower()}{msg[1:]}{shown}")
     where = f"{path}: " if path else ""

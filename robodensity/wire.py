@@ -23,14 +23,14 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 VERSION = 1
 TOPIC_ROOT = f"robodensity/v{VERSION}"
 MAX_PAYLOAD_BYTES = 1_048_576
 MAX_FUTURE = timedelta(minutes=5)
-EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 IDENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SEQ_MAX = 2**63 - 1
 _E = TypeVar("_E", bound=enum.StrEnum)
@@ -110,9 +110,7 @@ class Reading:
         _check_reading(self)
 
     @classmethod
-    def of_state(
-        cls, robot: RobotId, ts: datetime, state: State, quality: Quality = Quality.GOOD
-    ) -> Reading:
+    def of_state(cls, robot: RobotId, ts: datetime, state: State, quality: Quality = Quality.GOOD) -> Reading:
         return cls(robot, ts, EventType.STATE, state=state, quality=quality)
 
     @classmethod
@@ -127,12 +125,8 @@ class Reading:
         return cls(robot, ts, EventType.COUNTER, counter=counter, value=value, quality=quality)
 
     @classmethod
-    def of_alarm(
-        cls, robot: RobotId, ts: datetime, code: str, text: str, active: bool
-    ) -> Reading:
-        return cls(
-            robot, ts, EventType.ALARM, alarm_code=code, alarm_text=text, alarm_active=active
-        )
+    def of_alarm(cls, robot: RobotId, ts: datetime, code: str, text: str, active: bool) -> Reading:
+        return cls(robot, ts, EventType.ALARM, alarm_code=code, alarm_text=text, alarm_active=active)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +205,7 @@ def check_ident(name: str, value: object) -> str:
 
 
 def format_ts(ts: datetime) -> str:
-    return ts.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return ts.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def event_to_dict(event: Event) -> dict[str, Any]:
@@ -297,7 +291,7 @@ def decode_batch(payload: bytes, now: datetime | None = None) -> DecodedBatch:
     raw_events = doc.get("events")
     if not isinstance(raw_events, list):
         raise WireError("events", "must be a list")
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     good: list[Event] = []
     errors: list[tuple[int | None, WireError, Any]] = []
     for i, raw in enumerate(raw_events):
@@ -359,9 +353,7 @@ def _decode_event(raw: object, now: datetime) -> Event:
         value = raw.get("value")
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise WireError("value", f"must be a finite number; got {value!r}")
-        reading = Reading.of_counter(
-            robot, ts, _enum("counter", Counter, raw.get("counter")), float(value), quality
-        )
+        reading = Reading.of_counter(robot, ts, _enum("counter", Counter, raw.get("counter")), float(value), quality)
     else:
         alarm = raw.get("alarm")
         if not isinstance(alarm, dict):
@@ -370,7 +362,11 @@ def _decode_event(raw: object, now: datetime) -> Event:
         if not isinstance(active, bool):
             raise WireError("alarm.active", f"must be true or false; got {active!r}")
         reading = Reading.of_alarm(
-            robot, ts, _text("alarm.code", alarm.get("code")), _text("alarm.text", alarm.get("text"), 1000, True), active
+            robot,
+            ts,
+            _text("alarm.code", alarm.get("code")),
+            _text("alarm.text", alarm.get("text"), 1000, True),
+            active,
         )
     return Event(int(seq), reading)  # type: ignore[arg-type]
 
@@ -405,7 +401,7 @@ def parse_ts(name: str, value: object, now: datetime) -> datetime:
         raise WireError(name, f"before {EARLIEST.year}: {value!r}")
     if ts > now + MAX_FUTURE:
         raise WireError(name, f"more than {MAX_FUTURE} in the future: {value!r}")
-    return ts.astimezone(timezone.utc)
+    return ts.astimezone(UTC)
 
 
 def _check_reading(r: Reading) -> None:

@@ -47,9 +47,7 @@ def robot_seed(seed: int, robot_key: str) -> int:
     return zlib.crc32(f"{seed}:{robot_key}".encode())
 
 
-def state_schedule(
-    seed: int, robot_key: str, start: datetime, end: datetime, profile: Profile = Profile()
-) -> Schedule:
+def state_schedule(seed: int, robot_key: str, start: datetime, end: datetime, profile: Profile = Profile()) -> Schedule:
     """State changes of one robot over [start, end), the first one at ``start``."""
     rng = random.Random(robot_seed(seed, robot_key))
     means = {
@@ -91,7 +89,7 @@ def seconds_in_state(schedule: Schedule, start: datetime, end: datetime) -> dict
     if not points or points[0][0] > start:
         first = points[0][0] if points else end
         out[State.OFFLINE] += (first - start).total_seconds()
-    for (t0, s), (t1, _) in zip(points, points[1:] + [(end, State.OFFLINE)]):
+    for (t0, s), (t1, _) in zip(points, [*points[1:], (end, State.OFFLINE)], strict=False):
         out[s] += max(0.0, (t1 - t0).total_seconds())
     return out
 

@@ -18,17 +18,22 @@ from simulators.behaviour import PROFILES, Schedule, state_schedule
 from simulators.province import Province, write_registry_csv
 
 
-def load_province(conn: psycopg.Connection, province: Province, folder: Path, seed: int, start: datetime,
-                  end: datetime) -> dict[str, Schedule]:
+def load_province(
+    conn: psycopg.Connection, province: Province, folder: Path, seed: int, start: datetime, end: datetime
+) -> dict[str, Schedule]:
     """Registry, targets and state events of ``province`` over [start, end); returns the schedules."""
     import_registry(conn, write_registry_csv(province, folder)[0].parent)
     load_reference_targets(conn)
     ids = dict(((m, s), i) for i, m, s in conn.execute("SELECT robot_id, manufacturer, serial FROM robots"))
     schedules: dict[str, Schedule] = {}
     seqs: dict[str, int] = {}
-    with conn.transaction(), conn.cursor() as cur, cur.copy(
-        "COPY events (agent_id, seq, robot_id, factory_id, ts, type, state) FROM STDIN (FORMAT BINARY)"
-    ) as copy:
+    with (
+        conn.transaction(),
+        conn.cursor() as cur,
+        cur.copy(
+            "COPY events (agent_id, seq, robot_id, factory_id, ts, type, state) FROM STDIN (FORMAT BINARY)"
+        ) as copy,
+    ):
         copy.set_types(["text", "int8", "int8", "text", "timestamptz", "text", "text"])
         for robot in province.robots:
             sched = state_schedule(seed, robot.key, start, end, PROFILES.get(robot.application, PROFILES["handling"]))

@@ -55,8 +55,9 @@ class MqttRobots:
     def publish_state(self, robot_key: str, state: State, ts: datetime, retain: bool = True) -> None:
         assert self._client is not None, "use `with MqttRobots(...)` first"
         manufacturer, serial = robot_key.split("/", 1)
-        payload = json.dumps({"manufacturer": manufacturer, "serial": serial, "state": state.value,
-                              "ts": format_ts(ts)})
+        payload = json.dumps(
+            {"manufacturer": manufacturer, "serial": serial, "state": state.value, "ts": format_ts(ts)}
+        )
         self._last = self._client.publish(topic_for(self.factory, serial), payload, qos=1, retain=retain)
         self.published += 1
 

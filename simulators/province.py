@@ -204,10 +204,31 @@ def write_registry_csv(province: Province, folder: Path) -> list[Path]:
             [[f.id, province.headcount_date.isoformat(), f.employees] for f in province.factories],
         ),
         "robots": (
-            ["manufacturer", "serial", "model", "category", "application", "domestic",
-             "commissioned", "decommissioned", "subsidy_programme"],
-            [[r.manufacturer, r.serial, r.model, r.category, r.application,
-              str(r.domestic).lower(), r.commissioned.isoformat(), "", ""] for r in province.robots],
+            [
+                "manufacturer",
+                "serial",
+                "model",
+                "category",
+                "application",
+                "domestic",
+                "commissioned",
+                "decommissioned",
+                "subsidy_programme",
+            ],
+            [
+                [
+                    r.manufacturer,
+                    r.serial,
+                    r.model,
+                    r.category,
+                    r.application,
+                    str(r.domestic).lower(),
+                    r.commissioned.isoformat(),
+                    "",
+                    "",
+                ]
+                for r in province.robots
+            ],
         ),
         "assignments": (
             ["manufacturer", "serial", "factory_id", "valid_from"],

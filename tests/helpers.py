@@ -24,8 +24,9 @@ def wait_until(cond: Callable[[], bool], timeout_s: float = 30.0, what: str = "c
         time.sleep(0.02)
 
 
-async def wait_until_async(cond: Callable[[], bool | Awaitable[bool]], timeout_s: float = 30.0,
-                           what: str = "condition") -> None:
+async def wait_until_async(
+    cond: Callable[[], bool | Awaitable[bool]], timeout_s: float = 30.0, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         res = cond()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -20,7 +20,7 @@ from robodensity.wire import Batch, Event, Reading, RobotId, State
 from simulators.province import CitySpec, ProvinceSpec, generate
 from tests.helpers import import_province, running_collector, wait_until
 
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 PROVINCE = generate(ProvinceSpec(cities=(CitySpec("320100", "南京市", "Nanjing", 2),), robots=6), seed=3)
 F1, F2 = PROVINCE.factories
 R1 = PROVINCE.robots_of(F1.id)[0]
@@ -40,8 +40,7 @@ def _msg(events: list[Event], factory: str = F1.id, agent: str = "a1", mid: int 
 
 def _states(n: int, first_seq: int = 1, robot: RobotId | None = None) -> list[Event]:
     robot = robot or RobotId(R1.manufacturer, R1.serial)
-    return [Event(first_seq + i, Reading.of_state(robot, NOW - timedelta(minutes=n - i), State.IDLE))
-            for i in range(n)]
+    return [Event(first_seq + i, Reading.of_state(robot, NOW - timedelta(minutes=n - i), State.IDLE)) for i in range(n)]
 
 
 def _count(writer: Writer, table: str) -> int:
@@ -78,8 +77,13 @@ def _raw(factory: str, payload: bytes) -> Incoming:
 
 
 def _event_json(**over: object) -> dict:
-    e = {"seq": 1, "robot": {"manufacturer": R1.manufacturer, "serial": R1.serial},
-         "ts": wire.format_ts(NOW), "type": "state", "state": "IDLE"}
+    e = {
+        "seq": 1,
+        "robot": {"manufacturer": R1.manufacturer, "serial": R1.serial},
+        "ts": wire.format_ts(NOW),
+        "type": "state",
+        "state": "IDLE",
+    }
     e.update(over)
     return e
 
@@ -93,18 +97,23 @@ MALFORMED = {
     "invalid UTF-8": (b'{"v": 1, "agent": "\xff"}', "payload"),
     "over the size limit": (b" " * (wire.MAX_PAYLOAD_BYTES + 1), "payload"),
     "wrong type": (_doc(_event_json(seq="1")), "events[0].seq"),
-    "NaN": (_doc(_event_json(type="counter", counter="cycles", value=0)).replace(b'"value": 0', b'"value": NaN'),
-            "payload"),
-    "infinity": (_doc(_event_json(type="counter", counter="cycles", value=0)).replace(b'"value": 0',
-                                                                                     b'"value": 1e999'),
-                 "events[0].value"),
+    "NaN": (
+        _doc(_event_json(type="counter", counter="cycles", value=0)).replace(b'"value": 0', b'"value": NaN'),
+        "payload",
+    ),
+    "infinity": (
+        _doc(_event_json(type="counter", counter="cycles", value=0)).replace(b'"value": 0', b'"value": 1e999'),
+        "events[0].value",
+    ),
     "no zone": (_doc(_event_json(ts="2026-01-01T00:00:00")), "events[0].ts"),
     "future": (_doc(_event_json(ts=wire.format_ts(NOW + timedelta(minutes=10)))), "events[0].ts"),
     "before 2000": (_doc(_event_json(ts="1999-01-01T00:00:00Z")), "events[0].ts"),
     "unknown type": (_doc(_event_json(type="heartbeat")), "events[0].type"),
     "another factory in the payload": (_doc(_event_json(), factory=F2.id), "factory"),
-    "robot of another factory": (_doc(_event_json(robot={"manufacturer": R2.manufacturer, "serial": R2.serial})),
-                                 "robot"),
+    "robot of another factory": (
+        _doc(_event_json(robot={"manufacturer": R2.manufacturer, "serial": R2.serial})),
+        "robot",
+    ),
 }
 
 
@@ -147,11 +156,13 @@ def test_two_collectors_on_a_shared_subscription_split_the_load_without_duplicat
     client.subscribe(wire.ack_topic(F1.id, "a1"), qos=1)
     client.loop_start()
     try:
-        with running_collector(settings, pg_url, broker_url, schema) as c1, \
-                running_collector(settings, pg_url, broker_url, schema) as c2:
+        with (
+            running_collector(settings, pg_url, broker_url, schema) as c1,
+            running_collector(settings, pg_url, broker_url, schema) as c2,
+        ):
             events = _states(2000)
             for i in range(0, 2000, 20):
-                client.publish(wire.uplink_topic(F1.id, "a1"), _msg(events[i:i + 20]).payload, qos=1)
+                client.publish(wire.uplink_topic(F1.id, "a1"), _msg(events[i : i + 20]).payload, qos=1)
             wait_until(got_acks.is_set, 30, "the ack through 2000")
             assert c1.stats.messages > 0 and c2.stats.messages > 0
             assert c1.stats.inserted + c2.stats.inserted == 2000

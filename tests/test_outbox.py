@@ -8,14 +8,14 @@ import signal
 import subprocess
 import sys
 import textwrap
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from edge.outbox import Outbox, batch_payload
 from robodensity.wire import Counter, Reading, RobotId, State, decode_batch
 
 ROBOT = RobotId("ABB", "6700-1")
-NOW = datetime(2026, 11, 23, 8, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 
 
 def _states(n: int) -> list[Reading]:
@@ -88,8 +88,9 @@ def test_a_killed_writer_loses_nothing_it_reported_stored(tmp_path: Path) -> Non
             for seq in box.add([r] * 7):
                 print(seq, flush=True)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).parent.parent)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent
+    )
     assert proc.stdout is not None
     reported = []
     for line in proc.stdout:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from collector.db import connect
@@ -11,28 +11,39 @@ from edge.agent import EdgeAgent
 from robodensity.settings import MqttJsonSourceSettings, load_settings
 from robodensity.wire import State
 from simulators.mqtt_robot import MqttRobots, topic_for
-from simulators.province import ProvinceSpec, CitySpec, generate
+from simulators.province import CitySpec, ProvinceSpec, generate
 from tests.helpers import import_province, running_collector, wait_until_async
 
 
 async def test_states_published_on_mqtt_reach_the_database_once(
     pg_url: str, broker_url: str, schema: str, tmp_path: Path
 ) -> None:
-    province = generate(ProvinceSpec(cities=(CitySpec("320100", "南京市", "Nanjing", 1),), robots=5,
-                                     opcua_share=0.0), seed=7)
+    province = generate(
+        ProvinceSpec(cities=(CitySpec("320100", "南京市", "Nanjing", 1),), robots=5, opcua_share=0.0), seed=7
+    )
     import_province(province, pg_url, schema, tmp_path / "registry")
     factory = province.factories[0]
     keys = [r.key for r in province.robots]
     settings = load_settings(
-        edge={"agent_id": "a1", "factory_id": factory.id, "outbox_path": tmp_path / "outbox.sqlite",
-              "batch_linger_ms": 20,
-              "mqtt_json": [MqttJsonSourceSettings(url=broker_url, topic=topic_for(factory.id))]},
+        edge={
+            "agent_id": "a1",
+            "factory_id": factory.id,
+            "outbox_path": tmp_path / "outbox.sqlite",
+            "batch_linger_ms": 20,
+            "mqtt_json": [MqttJsonSourceSettings(url=broker_url, topic=topic_for(factory.id))],
+        },
         collector={"share_group": schema},
     )
-    t0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=1)
-    sent = [(key, t0 + timedelta(minutes=i), s) for i, s in enumerate([State.IDLE, State.EXECUTING, State.FAULT])
-            for key in keys]
-    with running_collector(settings, pg_url, broker_url, schema), MqttRobots(broker_url, factory.id, keys) as sim:
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    sent = [
+        (key, t0 + timedelta(minutes=i), s)
+        for i, s in enumerate([State.IDLE, State.EXECUTING, State.FAULT])
+        for key in keys
+    ]
+    with (
+        running_collector(settings, pg_url, broker_url, schema),
+        MqttRobots(broker_url, factory.id, keys) as sim,
+    ):
         agent = EdgeAgent(settings, broker_url)
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))

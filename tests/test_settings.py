@@ -42,14 +42,14 @@ def test_a_password_never_appears_in_an_error(tmp_path: Path) -> None:
 def test_an_unknown_key_is_an_error_not_ignored(tmp_path: Path) -> None:
     path = tmp_path / "s.toml"
     path.write_text("[edge]\nagent = 'x'\n")
-    with pytest.raises(ConfigError, match="edge.agent"):
+    with pytest.raises(ConfigError, match=r"edge\.agent"):
         load_settings(path)
 
 
 def test_the_sample_file_loads_with_its_commented_options_enabled(tmp_path: Path) -> None:
     text = (ROOT / "deploy" / "robodensity.example.toml").read_text()
     enabled = "\n".join(
-        line[2:] if line.startswith("# ") and "=" in line.split("#")[1] or line.startswith("# [") else line
+        line[2:] if (line.startswith("# ") and "=" in line.split("#")[1]) or line.startswith("# [") else line
         for line in text.splitlines()
     )
     tomllib.loads(enabled)  # still TOML

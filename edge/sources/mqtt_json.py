@@ -8,11 +8,12 @@ states. A message that does not fit is logged and counted, never a crash.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -64,19 +65,23 @@ class MqttJsonSource:
         self.bad_messages = 0
         self.dropped = 0
         self.subscribed = asyncio.Event()
-        self._queue: asyncio.Queue[bytes] | None = None
+        self._queue: asyncio.Queue[tuple[int, bytes]] | None = None
         self._client: mqtt.Client | None = None
+        self._unsettled: collections.deque[int] = collections.deque()
 
     async def __aenter__(self) -> MqttJsonSource:
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[bytes] = asyncio.Queue(self.queue_max)
+        queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue(self.queue_max)
         self._queue = queue
-        client = make_client(BrokerSettings(url=self.settings.url), self.settings.url,
-                             f"rd-json-{uuid.uuid4().hex[:8]}")
+        self._unsettled.clear()
+        persistent = self.settings.client_id is not None
+        broker = BrokerSettings(url=self.settings.url, session_expiry_s=self.settings.session_expiry_s)
+        client_id = self.settings.client_id or f"rd-json-{uuid.uuid4().hex[:8]}"
+        client = make_client(broker, self.settings.url, client_id, manual_ack=persistent)
 
-        def put(payload: bytes) -> None:
+        def put(item: tuple[int, bytes]) -> None:
             try:
-                queue.put_nowait(payload)
+                queue.put_nowait(item)
             except asyncio.QueueFull:
                 self.dropped += 1
                 log.error("MQTT JSON source queue full: dropped a message (%d so far)", self.dropped)
@@ -87,9 +92,15 @@ class MqttJsonSource:
 
         client.on_connect = on_connect
         client.on_subscribe = lambda *_: loop.call_soon_threadsafe(self.subscribed.set)
-        client.on_message = lambda _c, _u, msg: loop.call_soon_threadsafe(put, msg.payload)
+        client.on_message = lambda _c, _u, msg: loop.call_soon_threadsafe(put, (msg.mid if msg.qos else 0, msg.payload))
         try:
-            connect(client, BrokerSettings(url=self.settings.url), self.settings.url, clean_start=True)
+            connect(
+                client,
+                broker,
+                self.settings.url,
+                clean_start=not persistent,
+                session_expiry_s=None if persistent else 0,
+            )
         except OSError as exc:
             raise SourceConnectError(self.settings.url) from exc
         self._client = client
@@ -104,9 +115,22 @@ class MqttJsonSource:
     async def __aiter__(self) -> AsyncIterator[wire.Reading]:
         assert self._queue is not None, "use `async with source:` first"
         while True:
-            payload = await self._queue.get()
+            mid, payload = await self._queue.get()
             try:
-                yield parse_message(self.settings, payload, datetime.now(timezone.utc))
+                reading = parse_message(self.settings, payload, datetime.now(UTC))
             except wire.WireError as exc:
                 self.bad_messages += 1
                 log.warning("MQTT JSON source %s: bad message (%s)", self.settings.topic, exc)
+                self._ack(mid)  # nothing to keep: redelivery would not make it better
+                continue
+            self._unsettled.append(mid)
+            yield reading
+
+    def settle(self, n: int) -> None:
+        """The next ``n`` readings yielded are durable: acknowledge their messages."""
+        for _ in range(min(n, len(self._unsettled))):
+            self._ack(self._unsettled.popleft())
+
+    def _ack(self, mid: int) -> None:
+        if mid and self._client is not None and self.settings.client_id is not None:
+            self._client.ack(mid, 1)
