@@ -43,6 +43,7 @@ class Uplink:
         self.connected = threading.Event()
         self.reconnects = 0
         self.refused = 0
+        self._stopping = False
         self.client = make_client(settings.broker, broker_url, f"edge-{self.factory}-{self.agent}")
         status = wire.status_topic(self.factory, self.agent)
         self.client.will_set(status, b"offline", qos=1, retain=True)
@@ -55,6 +56,7 @@ class Uplink:
         connect(self.client, self.settings.broker, self.broker_url, clean_start=False)
 
     def stop(self) -> None:
+        self._stopping = True
         if self.connected.is_set():
             self.client.publish(wire.status_topic(self.factory, self.agent), b"offline", qos=1, retain=True)
         self.client.disconnect()
@@ -78,7 +80,7 @@ class Uplink:
         log.info("uplink connected to %s", self.broker_url)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._stopping:
             self.reconnects += 1
             log.warning("uplink lost (%s); paho reconnects", reason)
         self.connected.clear()

@@ -136,8 +136,11 @@ def mosquitto_binary() -> str:
 
 
 @contextlib.contextmanager
-def embedded_mosquitto(port: int | None = None, extra_conf: str = "") -> Iterator[str]:
-    """A Mosquitto broker on a free loopback port, anonymous, in memory; yields mqtt://URL."""
+def embedded_mosquitto(port: int | None = None, extra_conf: str = "", wait_port: int | None = None) -> Iterator[str]:
+    """A Mosquitto broker on a free loopback port, anonymous, in memory; yields mqtt://URL.
+
+    ``extra_conf`` adds configuration (another listener, say); ``wait_port`` is waited for too.
+    """
     binary = mosquitto_binary()
     port = port or free_port()
     root = Path(tempfile.mkdtemp(prefix="robodensity-mqtt-"))
@@ -151,6 +154,8 @@ def embedded_mosquitto(port: int | None = None, extra_conf: str = "") -> Iterato
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_for_port(port, proc=proc)
+        if wait_port:
+            wait_for_port(wait_port, proc=proc)
         yield f"mqtt://127.0.0.1:{port}"
     finally:
         proc.terminate()
