@@ -8,10 +8,12 @@ Standard library only: a simulator on a gateway needs nothing more.
 
 from __future__ import annotations
 
+import math
 import random
 import zlib
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from robodensity.wire import State
 
@@ -47,8 +49,64 @@ def robot_seed(seed: int, robot_key: str) -> int:
     return zlib.crc32(f"{seed}:{robot_key}".encode())
 
 
-def state_schedule(seed: int, robot_key: str, start: datetime, end: datetime, profile: Profile = Profile()) -> Schedule:
-    """State changes of one robot over [start, end), the first one at ``start``."""
+@dataclass(frozen=True)
+class ShiftCalendar:
+    """When a factory works: shifts per day from ``first_shift_hour``, working weekdays, holidays.
+
+    Outside working time robots stand IDLE (controllers on, no program running), and a
+    weekly planned maintenance window takes each robot OUT_OF_SERVICE. Times are local
+    (China Standard Time by default).
+    """
+
+    shifts_per_day: int = 2
+    shift_hours: float = 8.0
+    first_shift_hour: float = 8.0
+    workdays: frozenset[int] = frozenset(range(5))  # Monday = 0
+    holidays: frozenset[date] = frozenset()
+    maintenance_weekday: int | None = 5
+    maintenance_hours: tuple[float, float] = (9.0, 11.0)
+    tz: str = "Asia/Shanghai"
+
+    def working(self, t: datetime) -> tuple[bool, datetime]:
+        """(is ``t`` working time?, when that changes next)."""
+        local = t.astimezone(ZoneInfo(self.tz))
+        day = datetime.combine(local.date(), time.min, local.tzinfo)
+        spans = []
+        for d in (day - timedelta(days=1), day):  # yesterday's third shift may run into today
+            if d.date().weekday() in self.workdays and d.date() not in self.holidays:
+                first = d + timedelta(hours=self.first_shift_hour)
+                spans.append((first, first + timedelta(hours=self.shifts_per_day * self.shift_hours)))
+        for a, b in spans:
+            if a <= local < b:
+                return True, min(b, day + timedelta(days=1)).astimezone(t.tzinfo)
+        nxt = min([a for a, _ in spans if a > local] + [day + timedelta(days=1)])
+        return False, nxt.astimezone(t.tzinfo)
+
+    def maintenance(self, t: datetime) -> tuple[datetime, datetime] | None:
+        """The planned maintenance window containing ``t``, if any."""
+        if self.maintenance_weekday is None:
+            return None
+        local = t.astimezone(ZoneInfo(self.tz))
+        if local.weekday() != self.maintenance_weekday:
+            return None
+        day = datetime.combine(local.date(), time.min, local.tzinfo)
+        a, b = (day + timedelta(hours=h) for h in self.maintenance_hours)
+        return (a.astimezone(t.tzinfo), b.astimezone(t.tzinfo)) if a <= local < b else None
+
+
+def state_schedule(
+    seed: int,
+    robot_key: str,
+    start: datetime,
+    end: datetime,
+    profile: Profile = Profile(),
+    calendar: ShiftCalendar | None = None,
+) -> Schedule:
+    """State changes of one robot over [start, end), the first one at ``start``.
+
+    Without a calendar the robot works around the clock; with one, it works in shifts,
+    stands IDLE between them and is OUT_OF_SERVICE in planned maintenance.
+    """
     rng = random.Random(robot_seed(seed, robot_key))
     means = {
         State.EXECUTING: profile.executing_s,
@@ -59,10 +117,66 @@ def state_schedule(seed: int, robot_key: str, start: datetime, end: datetime, pr
     state = State.IDLE if rng.random() < 0.3 else State.EXECUTING
     t = start
     out: Schedule = []
+
+    def emit(at: datetime, s: State) -> None:
+        if not out or out[-1][1] is not s:
+            out.append((at, s))
+
     while t < end:
-        out.append((t, state))
-        t += timedelta(seconds=max(profile.min_s, rng.expovariate(1.0 / means[state])))
+        if calendar is not None:
+            window = calendar.maintenance(t)
+            if window is not None:
+                emit(t, State.OUT_OF_SERVICE)
+                t = window[1]
+                continue
+            working, change = calendar.working(t)
+            if not working:
+                emit(t, State.IDLE)
+                t = change
+                continue
+        else:
+            change = end
+        emit(t, state)
+        t = min(t + timedelta(seconds=max(profile.min_s, rng.expovariate(1.0 / means[state]))), change)
         state = _next_state(rng, state, profile)
+    return out
+
+
+@dataclass(frozen=True)
+class CounterModel:
+    """How a robot's counters grow: energy by state [W], cycles per executing hour."""
+
+    power_w: dict[State, float] = field(
+        default_factory=lambda: {
+            State.EXECUTING: 3500.0,
+            State.IDLE: 600.0,
+            State.FAULT: 400.0,
+            State.OUT_OF_SERVICE: 150.0,
+            State.OFFLINE: 0.0,
+        }
+    )
+    cycles_per_hour: float = 60.0
+
+
+def counters(
+    schedule: Schedule,
+    end: datetime,
+    model: CounterModel = CounterModel(),
+    start_values: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> list[tuple[datetime, float, float, float]]:
+    """(ts, power_on_s, energy_wh, cycles) at every change and at ``end``: monotonic, as real counters are."""
+    power_on, energy, cycles = start_values
+    out = []
+    points = schedule + [(end, State.OFFLINE)]
+    for (t0, s), (t1, _) in zip(points, points[1:]):
+        out.append((t0, power_on, energy, cycles))
+        dt = max(0.0, (t1 - t0).total_seconds())
+        if s is not State.OFFLINE:
+            power_on += dt
+        energy += model.power_w[s] * dt / 3600
+        if s is State.EXECUTING:
+            cycles += math.floor(dt / 3600 * model.cycles_per_hour)
+    out.append((end, power_on, energy, cycles))
     return out
 
 

@@ -55,6 +55,7 @@ class Factory:
     industry: str
     employees: int
     protocol: Protocol
+    shifts: int = 2
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class Robot:
     domestic: bool
     factory: str
     commissioned: date
+    moved_from: tuple[str, date] | None = None
+    """A leased robot that moved: (previous factory, the day it started at ``factory``)."""
 
     @property
     def key(self) -> str:
@@ -109,6 +112,11 @@ class ProvinceSpec:
     employees_max: int = 900
     opcua_share: float = 0.5
     """Share of factories whose robots speak OPC UA; the rest publish on MQTT."""
+    density: float | None = None
+    """Robots per 10,000 employees to aim for in every factory; None: ``robots`` in all."""
+    leased_share: float = 0.0
+    """Share of robots that are leased and moved between factories during ``lease_year``."""
+    lease_year: int = 2026
     industries: tuple[Industry, ...] = field(
         default=(
             Industry("36", "汽车制造业", "Automobile manufacturing", True),
@@ -150,19 +158,21 @@ def generate(spec: ProvinceSpec = ProvinceSpec(), seed: int = 1) -> Province:
                     industry=industry.code,
                     employees=rng.randint(spec.employees_min, spec.employees_max),
                     protocol=_spread(i, spec.opcua_share),
+                    shifts=rng.choice((2, 2, 3)),
                 )
             )
-    # Every factory gets at least one robot; the rest go by headcount.
-    weights = [f.employees for f in factories]
-    owners = list(range(len(factories))) + rng.choices(
-        range(len(factories)), weights, k=max(0, spec.robots - len(factories))
-    )
+    owners = _owners(spec, factories, rng)
     robots = []
     names = sorted(MANUFACTURERS)
-    for n, owner in enumerate(sorted(owners)):
+    for n, owner in enumerate(owners):
         maker = rng.choice(names)
         domestic, models = MANUFACTURERS[maker]
         model = rng.choice(models)
+        commissioned = date(rng.randint(2015, 2025), rng.randint(1, 12), 1)
+        moved = None
+        if len(factories) > 1 and rng.random() < spec.leased_share:
+            before = rng.choice([f.id for f in factories if f.id != factories[owner].id])
+            moved = (before, date(spec.lease_year, rng.randint(1, 10), rng.randint(1, 28)))
         robots.append(
             Robot(
                 manufacturer=maker,
@@ -172,10 +182,22 @@ def generate(spec: ProvinceSpec = ProvinceSpec(), seed: int = 1) -> Province:
                 application=rng.choice(APPLICATIONS),
                 domestic=domestic,
                 factory=factories[owner].id,
-                commissioned=date(rng.randint(2015, 2025), rng.randint(1, 12), 1),
+                commissioned=commissioned,
+                moved_from=moved,
             )
         )
     return Province(spec.code, tuple(regions), spec.industries, tuple(factories), tuple(robots))
+
+
+def _owners(spec: ProvinceSpec, factories: list[Factory], rng: random.Random) -> list[int]:
+    """The factory index of every robot, sorted."""
+    if spec.density is not None:
+        per = [max(1, round(spec.density * f.employees / 10_000)) for f in factories]
+        return [i for i, n in enumerate(per) for _ in range(n)]
+    # Every factory gets at least one robot; the rest go by headcount.
+    weights = [f.employees for f in factories]
+    extra = rng.choices(range(len(factories)), weights, k=max(0, spec.robots - len(factories)))
+    return sorted(list(range(len(factories))) + extra)
 
 
 def _spread(i: int, share: float) -> Protocol:
@@ -232,7 +254,15 @@ def write_registry_csv(province: Province, folder: Path) -> list[Path]:
         ),
         "assignments": (
             ["manufacturer", "serial", "factory_id", "valid_from"],
-            [[r.manufacturer, r.serial, r.factory, r.commissioned.isoformat()] for r in province.robots],
+            [
+                [r.manufacturer, r.serial, r.moved_from[0] if r.moved_from else r.factory, r.commissioned.isoformat()]
+                for r in province.robots
+            ]
+            + [
+                [r.manufacturer, r.serial, r.factory, r.moved_from[1].isoformat()]
+                for r in province.robots
+                if r.moved_from
+            ],
         ),
     }
     paths = []
