@@ -12,7 +12,7 @@ import csv
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -142,19 +142,50 @@ TABLES = (
 )
 
 
-def read_table(path: Path, table: Table) -> tuple[list[tuple[Any, ...]], list[tuple[int, str]]]:
-    """Parsed rows and (line, reason) problems of one CSV file."""
-    rows: list[tuple[Any, ...]] = []
-    problems: list[tuple[int, str]] = []
+def _records(path: Path, sheet: str) -> tuple[list[str], list[dict[str, str]]] | str:
+    """(header, rows as text) of a CSV file or of one sheet of an XLSX workbook; a str is a problem."""
+    if path.suffix.lower() == ".xlsx":
+        from openpyxl import load_workbook
+
+        book = load_workbook(path, read_only=True, data_only=True)
+        if sheet not in book.sheetnames:
+            return f"{path.name}: no sheet named {sheet}"
+        cells = [["" if v is None else _cell_text(v) for v in row] for row in book[sheet].iter_rows(values_only=True)]
+        header = [h.strip() for h in cells[0]] if cells else []
+        return header, [dict(zip(header, row)) for row in cells[1:]]
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        return [], [(1, f"{path.name}: not UTF-8 ({exc.reason} at byte {exc.start})")]
+        return f"{path.name}: not UTF-8 ({exc.reason} at byte {exc.start})"
     reader = csv.DictReader(text.splitlines())
-    missing = [c for c in table.columns if c not in (reader.fieldnames or [])]
+    return list(reader.fieldnames or []), list(reader)
+
+
+def _cell_text(v: object) -> str:
+    if isinstance(v, datetime):
+        return v.date().isoformat()
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def read_table(path: Path, table: Table) -> tuple[list[tuple[Any, ...]], list[tuple[int, str]]]:
+    """Parsed rows and (line, reason) problems of one CSV file or workbook sheet."""
+    where = path.name if path.suffix.lower() != ".xlsx" else f"{path.name}[{table.name}]"
+    records = _records(path, table.name)
+    if isinstance(records, str):
+        return [], [(1, records)]
+    header, raw_rows = records
+    missing = [c for c in table.columns if c not in header]
     if missing:
-        return [], [(1, f"{path.name}: missing column(s) {', '.join(missing)}")]
-    for line, raw in enumerate(reader, start=2):
+        return [], [(1, f"{where}: missing column(s) {', '.join(missing)}")]
+    rows: list[tuple[Any, ...]] = []
+    problems: list[tuple[int, str]] = []
+    for line, raw in enumerate(raw_rows, start=2):
+        if not any((v or "").strip() for v in raw.values()):
+            continue  # a blank line or an empty spreadsheet row
         values, errors = [], []
         for col, parse in table.columns.items():
             try:
@@ -162,28 +193,43 @@ def read_table(path: Path, table: Table) -> tuple[list[tuple[Any, ...]], list[tu
             except ValueError as exc:
                 errors.append(f"{col} {exc}")
         if errors:
-            problems.append((line, f"{path.name}: " + "; ".join(errors)))
+            problems.append((line, f"{where}: " + "; ".join(errors)))
         else:
             rows.append(tuple(values))
     return rows, problems
 
 
-def import_registry(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
-    """Validate then import every registry CSV in ``folder``; rows imported per table."""
+def _sources(source: Path) -> dict[str, Path]:
+    """Table name -> file: ``source`` is a folder of CSV files, or an XLSX workbook with a sheet per table."""
+    if source.is_file() and source.suffix.lower() == ".xlsx":
+        from openpyxl import load_workbook
+
+        sheets = set(load_workbook(source, read_only=True).sheetnames)
+        return {t.name: source for t in TABLES if t.name in sheets}
+    return {t.name: source / f"{t.name}.csv" for t in TABLES if (source / f"{t.name}.csv").exists()}
+
+
+def import_registry(conn: psycopg.Connection, source: Path) -> dict[str, int]:
+    """Validate then import every registry table in ``source``; rows imported per table.
+
+    ``source`` is a folder of CSV files (regions.csv, industries.csv, factories.csv,
+    headcounts.csv, robots.csv, assignments.csv; any subset) or an XLSX workbook whose
+    sheets carry those names.
+    """
     parsed: dict[str, list[tuple[Any, ...]]] = {}
     problems: list[tuple[int, str]] = []
+    files = _sources(source)
     for table in TABLES:
-        path = folder / f"{table.name}.csv"
-        if path.exists():
-            rows, bad = read_table(path, table)
+        if table.name in files:
+            rows, bad = read_table(files[table.name], table)
             parsed[table.name] = rows
             problems += bad
     if not parsed:
-        raise RegistryError(str(folder), [(0, "no registry CSV file (regions.csv, robots.csv, ...) found")])
+        raise RegistryError(str(source), [(0, "no registry table (regions, robots, ...) found as CSV or XLSX sheet")])
     if not problems:  # line numbers below count good rows only, so check them on clean files
         problems += _check_references(parsed)
     if problems:
-        raise RegistryError(str(folder), problems)
+        raise RegistryError(str(source), problems)
     counts = {}
     with conn.transaction(), conn.cursor() as cur:
         for table in TABLES:

@@ -294,25 +294,24 @@ def db_migrate(config: Path | None = ConfigOpt, schema: str = SchemaOpt) -> None
 @registry_app.command("import")
 @friendly
 def registry_import(
-    folder: Path = typer.Argument(
+    source: Path = typer.Argument(
         ...,
         exists=True,
-        file_okay=False,
-        help="Folder with regions.csv, industries.csv, factories.csv, "
-        "headcounts.csv, robots.csv, assignments.csv (any subset).",
+        help="A folder with regions.csv, industries.csv, factories.csv, headcounts.csv, robots.csv, "
+        "assignments.csv (any subset), or an XLSX workbook with sheets of those names.",
     ),
     config: Path | None = ConfigOpt,
     schema: str = SchemaOpt,
 ) -> None:
     """Validate every row of the registry files, then import them all or nothing.
 
-    Example: robodensity registry import ./registry
+    Example: robodensity registry import ./registry   (or: robodensity registry import registry.xlsx)
     """
     from collector.db import connect
     from collector.registry import import_registry
 
     with connect(database_url(load_settings(config)), schema) as conn:
-        counts = import_registry(conn, folder)
+        counts = import_registry(conn, source)
     console.print(", ".join(f"{n} {t}" for t, n in counts.items()))
 
 
@@ -417,6 +416,30 @@ def report_density(
         console.print(as_table(rows, f"Robot density, region {region}"))
     else:
         sys.stdout.write(as_text(rows, fmt))  # type: ignore[arg-type]
+
+
+@report_app.command("subsidy")
+@friendly
+def report_subsidy(
+    factory: str = typer.Option(..., help="Factory id as registered."),
+    since: str = typer.Option(..., help="Day the subsidised robots went in (YYYY-MM-DD)."),
+    until: str = typer.Option(..., help="Day to compare with (YYYY-MM-DD)."),
+    config: Path | None = ConfigOpt,
+    schema: str = SchemaOpt,
+) -> None:
+    """Subsidy evidence for one factory: density before and after, utilisation of subsidised robots (JSON).
+
+    Example: robodensity report subsidy --factory f320500-005 --since 2026-03-01 --until 2026-11-01
+    """
+    import json
+
+    from collector.db import connect
+    from robodensity.report import subsidy_evidence
+
+    start, end = _day(since, "--since").date(), _day(until, "--until").date()
+    with connect(database_url(load_settings(config)), schema) as conn:
+        evidence = subsidy_evidence(conn, factory, start, end)
+    sys.stdout.write(json.dumps(evidence, ensure_ascii=False, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------------- simulators

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 import psycopg
@@ -75,3 +75,55 @@ def as_text(rows: list[dict[str, Any]], fmt: Format) -> str:
     w.writeheader()
     w.writerows(plain)
     return buf.getvalue()
+
+
+def subsidy_evidence(conn: psycopg.Connection, factory: str, since: date, until: date) -> dict[str, Any]:
+    """Evidence for a subsidy claim: the factory's density the day before ``since`` and on ``until``,
+    and the utilisation of its robots listed under a subsidy programme over [since, until)."""
+    from metrics.density import robot_density
+
+    def at(day: date) -> tuple[int, int]:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM robots r JOIN LATERAL (SELECT factory_id FROM assignments a "
+            "   WHERE a.robot_id = r.robot_id AND a.valid_from <= %(d)s ORDER BY valid_from DESC LIMIT 1) a "
+            "   ON true WHERE a.factory_id = %(f)s AND r.registered AND r.commissioned <= %(d)s "
+            "   AND (r.decommissioned IS NULL OR r.decommissioned > %(d)s)), "
+            "(SELECT employee_count FROM headcounts WHERE factory_id = %(f)s AND valid_from <= %(d)s "
+            " ORDER BY valid_from DESC LIMIT 1)",
+            {"f": factory, "d": day},
+        ).fetchone()
+        return (int(row[0]), int(row[1] or 0)) if row else (0, 0)
+
+    before, after = at(since - timedelta(days=1)), at(until)
+    density = robot_density([before[0], after[0]], [before[1], after[1]])
+    programmes = conn.execute(
+        "SELECT r.subsidy_programme, count(DISTINCT r.robot_id), sum(d.executing_s), "
+        "sum(d.executing_s + d.idle_s + d.fault_s + d.out_of_service_s + d.offline_s) "
+        "FROM robots r LEFT JOIN robot_daily d ON d.robot_id = r.robot_id AND d.day >= %s AND d.day < %s "
+        "WHERE r.subsidy_programme IS NOT NULL AND EXISTS (SELECT 1 FROM assignments a "
+        "  WHERE a.robot_id = r.robot_id AND a.factory_id = %s) GROUP BY 1 ORDER BY 1",
+        (since, until, factory),
+    ).fetchall()
+    return {
+        "factory_id": factory,
+        "before": {
+            "date": (since - timedelta(days=1)).isoformat(),
+            "robot_count": before[0],
+            "employee_count": before[1],
+            "robot_density": _finite(density[0]),
+        },
+        "after": {
+            "date": until.isoformat(),
+            "robot_count": after[0],
+            "employee_count": after[1],
+            "robot_density": _finite(density[1]),
+        },
+        "programmes": [
+            {"programme": p, "robot_count": n, "utilisation": (float(e) / float(t)) if t else None}
+            for p, n, e, t in programmes
+        ],
+    }
+
+
+def _finite(x: float) -> float | None:
+    return None if x != x else float(x)

@@ -57,3 +57,26 @@ def test_an_assignment_to_an_unknown_robot_is_refused(pg_url: str, schema: str, 
         pytest.raises(RegistryError, match=re.escape("NOBODY/0 is not in robots.csv")),
     ):
         import_registry(conn, tmp_path)
+
+
+def test_a_workbook_with_a_sheet_per_table_imports_like_the_csv_files(pg_url: str, schema: str, tmp_path: Path) -> None:
+    import csv
+
+    from openpyxl import Workbook
+
+    _write(tmp_path)
+    book = Workbook()
+    book.remove(book.active)
+    for path in sorted(tmp_path.glob("*.csv")):
+        sheet = book.create_sheet(path.stem)
+        for row in csv.reader(path.read_text().splitlines()):
+            sheet.append([int(v) if v.isdigit() and path.stem == "headcounts" else v for v in row])
+    book["robots"]["F3"] = "perhaps"  # domestic of the second robot
+    book.save(tmp_path / "registry.xlsx")
+    with connect(pg_url, schema) as conn, pytest.raises(RegistryError, match=r"registry.xlsx\[robots\]"):
+        import_registry(conn, tmp_path / "registry.xlsx")
+    book["robots"]["F3"] = "true"
+    book.save(tmp_path / "registry.xlsx")
+    with connect(pg_url, schema) as conn:
+        counts = import_registry(conn, tmp_path / "registry.xlsx")
+    assert counts["robots"] == 12 and counts["headcounts"] == 6

@@ -1,0 +1,115 @@
+"""The command line: help that teaches, one-line errors, and the report commands on real data."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from collector.db import connect
+from robodensity import metrics_job
+from robodensity.cli import app
+from robodensity.report import subsidy_evidence
+from simulators.load import load_province
+from simulators.province import ProvinceSpec, generate
+
+runner = CliRunner()
+
+
+def _commands(group: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for name, cmd in getattr(group, "commands", {}).items():
+        out += _commands(cmd, (*prefix, name)) if hasattr(cmd, "commands") else [(*prefix, name)]
+    return out
+
+
+COMMANDS = _commands(get_command(app))
+
+
+def test_the_user_verbs_are_all_there() -> None:
+    names = {" ".join(c) for c in COMMANDS}
+    assert {
+        "demo",
+        "edge run",
+        "edge discover",
+        "collector run",
+        "db migrate",
+        "metrics compute",
+        "report density",
+        "simulate province",
+        "registry import",
+        "metrics stock",
+    } <= names
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help_with_an_example(command: tuple[str, ...]) -> None:
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output
+
+
+def test_a_missing_database_url_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ROBODENSITY_DATABASE__URL", raising=False)
+    result = runner.invoke(app, ["report", "density", "--region", "320000"])
+    assert result.exit_code == 2
+    assert "database.url is not set" in result.output
+
+
+def test_operational_stock_from_an_installation_series(tmp_path: Path) -> None:
+    path = tmp_path / "inst.csv"
+    path.write_text("year,installations\n" + "".join(f"{y},1000\n" for y in range(2000, 2016)))
+    result = runner.invoke(app, ["metrics", "stock", "--installations", str(path), "--service-life", "12"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert rows[-1] == {"year": "2015", "operational_stock": "12000"}
+
+
+@pytest.fixture
+def filled(pg_url: str, schema: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    province = generate(ProvinceSpec(robots=30), seed=4)
+    end = datetime(2026, 11, 1, tzinfo=metrics_job.LOCAL_TZ)
+    start = end - timedelta(days=3)
+    with connect(pg_url, schema) as conn:
+        load_province(conn, province, tmp_path / "registry", 4, start, end)
+        metrics_job.compute(conn, start, end)
+    monkeypatch.setenv("ROBODENSITY_DATABASE__URL", pg_url)
+    return {"province": province, "schema": schema, "start": start, "end": end}
+
+
+def test_report_density_as_csv_and_json_matches_the_registry(filled: dict) -> None:
+    province = filled["province"]
+    args = ["report", "density", "--region", "320000", "--schema", filled["schema"]]
+    as_csv = runner.invoke(app, [*args, "--format", "csv"])
+    assert as_csv.exit_code == 0, as_csv.output
+    rows = {r["region_code"]: r for r in csv.DictReader(io.StringIO(as_csv.stdout))}
+    employees = sum(f.employees for f in province.factories)
+    assert float(rows["320000"]["robot_density"]) == pytest.approx(len(province.robots) / employees * 1e4)
+    as_json = json.loads(runner.invoke(app, [*args, "--format", "json"]).stdout)
+    assert {r["region_code"] for r in as_json} == set(rows)
+    bad = runner.invoke(app, [*args, "--format", "xml"])
+    assert bad.exit_code == 2 and "--format must be one of table, csv, json" in bad.output
+
+
+def test_subsidy_evidence_counts_the_robots_before_and_after(filled: dict, pg_url: str) -> None:
+    province = filled["province"]
+    factory = province.factories[-1]
+    robots = province.robots_of(factory.id)
+    since = date(2020, 1, 1)
+    with connect(pg_url, filled["schema"]) as conn:
+        conn.execute("UPDATE robots SET subsidy_programme = 'JS-2024' WHERE commissioned >= %s", (since,))
+        evidence = subsidy_evidence(conn, factory.id, since, date(2026, 11, 1))
+    before = [r for r in robots if r.commissioned < since]
+    assert evidence["before"]["robot_count"] == len(before)
+    assert evidence["after"]["robot_count"] == len(robots)
+    assert evidence["after"]["robot_density"] == pytest.approx(len(robots) / factory.employees * 1e4)
+    if len(before) < len(robots):
+        [programme] = evidence["programmes"]
+        assert programme["robot_count"] == len(robots) - len(before)
+        assert 0 < programme["utilisation"] < 1
