@@ -49,6 +49,10 @@ def build_sources(settings: Settings) -> list[Source]:
         from edge.sources.mqtt_json import MqttJsonSource
 
         sources += [MqttJsonSource(s) for s in settings.edge.mqtt_json]
+    if settings.edge.sparkplug:
+        from edge.sources.sparkplug import SparkplugSource
+
+        sources += [SparkplugSource(s) for s in settings.edge.sparkplug]
     return sources
 
 

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from robodensity.errors import ConfigError, RoboDensityError
 from robodensity.settings import Settings, load_settings
 
-console = Console()
+console = Console(width=None if Console().is_terminal else 120)
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -86,8 +86,8 @@ def setup_logging(verbose: bool = False) -> None:
         handlers=[RichHandler(console=err_console, show_path=False)],
         force=True,
     )
-    for noisy in ("asyncua", "opcua"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for noisy in ("asyncua", "opcua"):  # its warnings repeat per connection; ours say what matters
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 def database_url(settings: Settings) -> str:
@@ -489,7 +489,7 @@ def simulate_opcua(
 
     if variant not in ("robotics", "vendor"):
         raise ConfigError(f"--variant must be one of robotics, vendor; got {variant!r}")
-    end = datetime.now(timezone.utc)
+    end = datetime.now(UTC)
     start = end - timedelta(hours=hours)
     sims = [SimRobot("SIMROBOT", f"SR{seed:02d}{i + 1:05d}", "SR-10") for i in range(robots)]
     schedules = {r.key: state_schedule(seed, r.key, start, end) for r in sims}

@@ -50,7 +50,7 @@ def _cell(key: str, value: Any) -> str:
     if value is None:
         return "n/a"
     if key in ("coverage", "utilisation", "domestic_share"):
-        return f"{100 * value:.1f} %"
+        return f"{100 * value:.1f}%"
     if isinstance(value, float):
         return f"{value:.1f}"
     return str(value)

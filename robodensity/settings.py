@@ -9,11 +9,12 @@ leaving it unset means "start an embedded one on 127.0.0.1" where that makes sen
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,7 +23,7 @@ from pydantic_settings import (
 )
 
 from robodensity.errors import ConfigError
-from robodensity.wire import IDENT_RE, State
+from robodensity.wire import IDENT_RE, Counter, State
 
 SecurityPolicy = Literal["Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
 
@@ -107,6 +108,86 @@ class MqttJsonSourceSettings(_Section):
     """Source state text -> canonical state."""
 
 
+_ID_BAD = re.compile(r"[/+#]")
+
+
+def _check_sparkplug_id(name: str, value: str) -> str:
+    if not value or _ID_BAD.search(value):
+        raise ValueError(f"{name} must be non-empty and contain none of / + #")
+    return value
+
+
+class SparkplugSourceSettings(_Section):
+    """Sparkplug B edge nodes of one group on the factory's own broker."""
+
+    url: str
+    """mqtt://host:port or mqtts://host:port of the factory's broker."""
+    group_id: str
+    """The Sparkplug group: the second topic level."""
+    edge_node: str = "+"
+    """One edge node id, or + for every node of the group."""
+    state_metric: str = "Robot/State"
+    """The metric that carries a robot's state; a device or node with it is a robot."""
+    state_map: dict[str, State] = Field(default_factory=lambda: {s.value: s for s in State})
+    """The node's state value -> canonical state. Keys are text: integers as "3",
+    booleans as "true"/"false"."""
+    manufacturer_metric: str | None = "Identification/Manufacturer"
+    """BIRTH metric with the robot's manufacturer (OPC 40010 naming), or None."""
+    serial_metric: str | None = "Identification/SerialNumber"
+    """BIRTH metric with the robot's serial number, or None."""
+    device_id_pattern: str | None = None
+    """When a BIRTH lacks the identity metrics: a regex over the device id (node id for a
+    node that is itself a robot) with a named group ``serial`` and, unless
+    ``manufacturer`` is set, a group ``manufacturer``. Example: (?P<manufacturer>[^_]+)_(?P<serial>.+)"""
+    manufacturer: str | None = None
+    """The manufacturer for ``device_id_pattern`` matches that have no manufacturer group."""
+    counter_metrics: dict[str, Counter] = Field(default_factory=dict)
+    """Metric name -> canonical counter, for example {"Robot/Cycles" = "cycles"}."""
+    rebirth_min_interval_s: float = Field(default=5.0, ge=0)
+    """At most one rebirth request per node in this time, so a confused node is not flooded."""
+    queue_max: int = Field(default=10_000, ge=10)
+
+    @field_validator("url")
+    @classmethod
+    def _mqtt_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("must be mqtt://host:port or mqtts://host:port")
+        return v
+
+    @field_validator("group_id")
+    @classmethod
+    def _group(cls, v: str) -> str:
+        return _check_sparkplug_id("group_id", v)
+
+    @field_validator("edge_node")
+    @classmethod
+    def _node(cls, v: str) -> str:
+        return v if v == "+" else _check_sparkplug_id("edge_node", v)
+
+    @field_validator("device_id_pattern")
+    @classmethod
+    def _pattern(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                rx = re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+            if "serial" not in rx.groupindex:
+                raise ValueError("needs a named group (?P<serial>...)")
+        return v
+
+    @model_validator(mode="after")
+    def _identity_rule(self) -> SparkplugSourceSettings:
+        by_metrics = self.manufacturer_metric is not None and self.serial_metric is not None
+        if not by_metrics and self.device_id_pattern is None:
+            raise ValueError("needs manufacturer_metric and serial_metric, or device_id_pattern")
+        pattern = self.device_id_pattern
+        if pattern is not None and self.manufacturer is None and "manufacturer" not in re.compile(pattern).groupindex:
+            raise ValueError("device_id_pattern needs a group (?P<manufacturer>...) or set manufacturer")
+        return self
+
+
 class EdgeSettings(_Section):
     agent_id: str = "edge-1"
     factory_id: str = "factory-1"
@@ -120,6 +201,7 @@ class EdgeSettings(_Section):
     health_port: int | None = Field(None, ge=1, le=65535)
     opcua: tuple[OpcUaSourceSettings, ...] = ()
     mqtt_json: tuple[MqttJsonSourceSettings, ...] = ()
+    sparkplug: tuple[SparkplugSourceSettings, ...] = ()
 
     @field_validator("agent_id", "factory_id")
     @classmethod
