@@ -16,6 +16,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,7 +35,9 @@ class Source(Protocol):
     calls it once the next ``n`` readings it yielded are durable in the outbox."""
 
     async def __aenter__(self) -> Source: ...
-    async def __aexit__(self, *exc: object) -> None: ...
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
     def __aiter__(self) -> AsyncIterator[wire.Reading]: ...
 
 

@@ -87,7 +87,7 @@ class Uplink:
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         try:
-            ack = wire.decode_ack(msg.payload)
+            ack = wire.decode_ack(bytes(msg.payload))
         except wire.WireError as exc:
             log.error("ignoring a malformed ack on %s: %s", msg.topic, exc)
             return

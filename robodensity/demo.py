@@ -133,7 +133,7 @@ def run_demo(
 def _stored_through(db_url: str, schema: str, schedules: dict[str, Schedule]) -> bool:
     """True once every robot's last scheduled change is in the database."""
     with connect(db_url, schema) as conn:
-        latest = dict(
+        latest: dict[str, datetime] = dict(
             conn.execute(
                 "SELECT r.manufacturer || '/' || r.serial, max(e.ts) FROM events e JOIN robots r USING (robot_id) "
                 "WHERE e.type = 'state' GROUP BY 1"
@@ -219,8 +219,8 @@ async def _fleet(
                 await _until(all_stored, 60, "every robot's last state in the database")
             finally:
                 stop.set()
-        for t in tasks:
-            t.result()
+        for task in tasks:
+            task.result()
 
 
 async def _until(cond: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -381,6 +381,8 @@ def _text(name: str, value: object, max_len: int = 128, allow_empty: bool = Fals
 
 def _enum(name: str, kind: type[_E], value: object) -> _E:
     try:
+        if not isinstance(value, str):
+            raise ValueError(value)
         return kind(value)
     except ValueError:
         allowed = ", ".join(m.value for m in kind)

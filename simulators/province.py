@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Protocol = Literal["opcua", "mqtt"]
 
@@ -208,7 +208,7 @@ def _spread(i: int, share: float) -> Protocol:
 def write_registry_csv(province: Province, folder: Path) -> list[Path]:
     """The registry as the CSV files ``robodensity registry import`` reads."""
     folder.mkdir(parents=True, exist_ok=True)
-    tables: dict[str, tuple[list[str], list[list[object]]]] = {
+    tables: dict[str, tuple[list[str], list[list[Any]]]] = {
         "regions": (
             ["code", "name", "name_en", "parent_code"],
             [[r.code, r.name, r.name_en, r.parent or ""] for r in province.regions],

@@ -139,9 +139,7 @@ class SparkplugRobots:
         if self._client is None:
             return
         with self._lock:
-            self._last = self._client.publish(
-                topic_for(self.group_id, "NDEATH", self.node_id), self._ndeath(), qos=1
-            )
+            self._last = self._client.publish(topic_for(self.group_id, "NDEATH", self.node_id), self._ndeath(), qos=1)
         self.flush()
         self._stop_client()
 
@@ -176,10 +174,20 @@ class SparkplugRobots:
             now = datetime.now(UTC)
             self._seq = 0
             p = pb.Payload(timestamp=to_ms(now), seq=self._next_seq())
-            p.metrics.add(name=BDSEQ_METRIC, alias=NODE_ALIASES[BDSEQ_METRIC], timestamp=to_ms(now),
-                          datatype=DataType.UINT64, long_value=self.bd_seq)
-            p.metrics.add(name=REBIRTH_METRIC, alias=NODE_ALIASES[REBIRTH_METRIC], timestamp=to_ms(now),
-                          datatype=DataType.BOOLEAN, boolean_value=False)
+            p.metrics.add(
+                name=BDSEQ_METRIC,
+                alias=NODE_ALIASES[BDSEQ_METRIC],
+                timestamp=to_ms(now),
+                datatype=DataType.UINT64,
+                long_value=self.bd_seq,
+            )
+            p.metrics.add(
+                name=REBIRTH_METRIC,
+                alias=NODE_ALIASES[REBIRTH_METRIC],
+                timestamp=to_ms(now),
+                datatype=DataType.BOOLEAN,
+                boolean_value=False,
+            )
             self._publish(topic_for(self.group_id, "NBIRTH", self.node_id), p)
             self.births += 1
             for key in self.robot_keys:
@@ -191,11 +199,17 @@ class SparkplugRobots:
         p = pb.Payload(timestamp=to_ms(now), seq=self._next_seq())
         if self.identity_metrics:
             for name, text in ((MANUFACTURER_METRIC, manufacturer), (SERIAL_METRIC, serial)):
-                p.metrics.add(name=name, alias=ALIASES[name], timestamp=to_ms(now),
-                              datatype=DataType.STRING, string_value=text)
+                p.metrics.add(
+                    name=name, alias=ALIASES[name], timestamp=to_ms(now), datatype=DataType.STRING, string_value=text
+                )
         self._add_state(p.metrics.add(name=STATE_METRIC), state, since)
-        p.metrics.add(name=CYCLES_METRIC, alias=ALIASES[CYCLES_METRIC], timestamp=to_ms(since),
-                      datatype=DataType.INT64, long_value=self.cycles[key])
+        p.metrics.add(
+            name=CYCLES_METRIC,
+            alias=ALIASES[CYCLES_METRIC],
+            timestamp=to_ms(since),
+            datatype=DataType.INT64,
+            long_value=self.cycles[key],
+        )
         self._publish(topic_for(self.group_id, "DBIRTH", self.node_id, self.devices[key]), p)
 
     def _add_state(self, m: pb.Payload.Metric, state: State, ts: datetime) -> None:
@@ -213,16 +227,22 @@ class SparkplugRobots:
         with self._lock:
             _, before = self.current[robot_key]
             self.current[robot_key] = (ts, state)
-            self._publish(topic_for(self.group_id, "DDATA", self.node_id, self.devices[robot_key]),
-                          self._ddata(robot_key, state, ts, cycle_ended=before is State.EXECUTING))
+            self._publish(
+                topic_for(self.group_id, "DDATA", self.node_id, self.devices[robot_key]),
+                self._ddata(robot_key, state, ts, cycle_ended=before is State.EXECUTING),
+            )
 
     def _ddata(self, robot_key: str, state: State, ts: datetime, cycle_ended: bool = False) -> pb.Payload:
         p = pb.Payload(timestamp=to_ms(datetime.now(UTC)), seq=self._next_seq())
         self._add_state(p.metrics.add(), state, ts)
         if cycle_ended:
             self.cycles[robot_key] += 1
-            p.metrics.add(alias=ALIASES[CYCLES_METRIC], timestamp=to_ms(ts), datatype=DataType.INT64,
-                          long_value=self.cycles[robot_key])
+            p.metrics.add(
+                alias=ALIASES[CYCLES_METRIC],
+                timestamp=to_ms(ts),
+                datatype=DataType.INT64,
+                long_value=self.cycles[robot_key],
+            )
         return p
 
     def publish_device_death(self, robot_key: str) -> None:
@@ -238,14 +258,12 @@ class SparkplugRobots:
         with self._lock:
             self._seq = (self._seq + missing) % 256
 
-    def send_data_before_birth(self, robot_key: str, state: State, ts: datetime,
-                               device_id: str | None = None) -> None:
+    def send_data_before_birth(self, robot_key: str, state: State, ts: datetime, device_id: str | None = None) -> None:
         """A DDATA (aliases only) for a device that was not born; ``device_id`` defaults to the robot's."""
         with self._lock:
             self.current[robot_key] = (ts, state)
             device = device_id or self.devices[robot_key]
-            self._publish(topic_for(self.group_id, "DDATA", self.node_id, device),
-                          self._ddata(robot_key, state, ts))
+            self._publish(topic_for(self.group_id, "DDATA", self.node_id, device), self._ddata(robot_key, state, ts))
 
     # -- replay
 

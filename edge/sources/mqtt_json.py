@@ -91,8 +91,15 @@ class MqttJsonSource:
                 c.subscribe(self.settings.topic, qos=1)
 
         client.on_connect = on_connect
-        client.on_subscribe = lambda *_: loop.call_soon_threadsafe(self.subscribed.set)
-        client.on_message = lambda _c, _u, msg: loop.call_soon_threadsafe(put, (msg.mid if msg.qos else 0, msg.payload))
+
+        def on_subscribe(*_: object) -> None:
+            loop.call_soon_threadsafe(self.subscribed.set)
+
+        def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+            loop.call_soon_threadsafe(put, (msg.mid if msg.qos else 0, bytes(msg.payload)))
+
+        client.on_subscribe = on_subscribe
+        client.on_message = on_message
         try:
             connect(
                 client,

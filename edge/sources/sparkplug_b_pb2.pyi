@@ -15,11 +15,22 @@ class Payload(_message.Message):
         __slots__ = ("version", "metrics", "parameters", "template_ref", "is_definition")
         Extensions: _python_message._ExtensionDict
         class Parameter(_message.Message):
-            __slots__ = ("name", "type", "int_value", "long_value", "float_value", "double_value", "boolean_value", "string_value", "extension_value")
+            __slots__ = (
+                "name",
+                "type",
+                "int_value",
+                "long_value",
+                "float_value",
+                "double_value",
+                "boolean_value",
+                "string_value",
+                "extension_value",
+            )
             class ParameterValueExtension(_message.Message):
                 __slots__ = ()
                 Extensions: _python_message._ExtensionDict
                 def __init__(self) -> None: ...
+
             NAME_FIELD_NUMBER: _ClassVar[int]
             TYPE_FIELD_NUMBER: _ClassVar[int]
             INT_VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -38,7 +49,19 @@ class Payload(_message.Message):
             boolean_value: bool
             string_value: str
             extension_value: Payload.Template.Parameter.ParameterValueExtension
-            def __init__(self, name: _Optional[str] = ..., type: _Optional[int] = ..., int_value: _Optional[int] = ..., long_value: _Optional[int] = ..., float_value: _Optional[float] = ..., double_value: _Optional[float] = ..., boolean_value: _Optional[bool] = ..., string_value: _Optional[str] = ..., extension_value: _Optional[_Union[Payload.Template.Parameter.ParameterValueExtension, _Mapping]] = ...) -> None: ...
+            def __init__(
+                self,
+                name: _Optional[str] = ...,
+                type: _Optional[int] = ...,
+                int_value: _Optional[int] = ...,
+                long_value: _Optional[int] = ...,
+                float_value: _Optional[float] = ...,
+                double_value: _Optional[float] = ...,
+                boolean_value: _Optional[bool] = ...,
+                string_value: _Optional[str] = ...,
+                extension_value: _Optional[_Union[Payload.Template.Parameter.ParameterValueExtension, _Mapping]] = ...,
+            ) -> None: ...
+
         VERSION_FIELD_NUMBER: _ClassVar[int]
         METRICS_FIELD_NUMBER: _ClassVar[int]
         PARAMETERS_FIELD_NUMBER: _ClassVar[int]
@@ -49,16 +72,33 @@ class Payload(_message.Message):
         parameters: _containers.RepeatedCompositeFieldContainer[Payload.Template.Parameter]
         template_ref: str
         is_definition: bool
-        def __init__(self, version: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[Payload.Metric, _Mapping]]] = ..., parameters: _Optional[_Iterable[_Union[Payload.Template.Parameter, _Mapping]]] = ..., template_ref: _Optional[str] = ..., is_definition: _Optional[bool] = ...) -> None: ...
+        def __init__(
+            self,
+            version: _Optional[str] = ...,
+            metrics: _Optional[_Iterable[_Union[Payload.Metric, _Mapping]]] = ...,
+            parameters: _Optional[_Iterable[_Union[Payload.Template.Parameter, _Mapping]]] = ...,
+            template_ref: _Optional[str] = ...,
+            is_definition: _Optional[bool] = ...,
+        ) -> None: ...
+
     class DataSet(_message.Message):
         __slots__ = ("num_of_columns", "columns", "types", "rows")
         Extensions: _python_message._ExtensionDict
         class DataSetValue(_message.Message):
-            __slots__ = ("int_value", "long_value", "float_value", "double_value", "boolean_value", "string_value", "extension_value")
+            __slots__ = (
+                "int_value",
+                "long_value",
+                "float_value",
+                "double_value",
+                "boolean_value",
+                "string_value",
+                "extension_value",
+            )
             class DataSetValueExtension(_message.Message):
                 __slots__ = ()
                 Extensions: _python_message._ExtensionDict
                 def __init__(self) -> None: ...
+
             INT_VALUE_FIELD_NUMBER: _ClassVar[int]
             LONG_VALUE_FIELD_NUMBER: _ClassVar[int]
             FLOAT_VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -73,13 +113,26 @@ class Payload(_message.Message):
             boolean_value: bool
             string_value: str
             extension_value: Payload.DataSet.DataSetValue.DataSetValueExtension
-            def __init__(self, int_value: _Optional[int] = ..., long_value: _Optional[int] = ..., float_value: _Optional[float] = ..., double_value: _Optional[float] = ..., boolean_value: _Optional[bool] = ..., string_value: _Optional[str] = ..., extension_value: _Optional[_Union[Payload.DataSet.DataSetValue.DataSetValueExtension, _Mapping]] = ...) -> None: ...
+            def __init__(
+                self,
+                int_value: _Optional[int] = ...,
+                long_value: _Optional[int] = ...,
+                float_value: _Optional[float] = ...,
+                double_value: _Optional[float] = ...,
+                boolean_value: _Optional[bool] = ...,
+                string_value: _Optional[str] = ...,
+                extension_value: _Optional[_Union[Payload.DataSet.DataSetValue.DataSetValueExtension, _Mapping]] = ...,
+            ) -> None: ...
+
         class Row(_message.Message):
             __slots__ = ("elements",)
             Extensions: _python_message._ExtensionDict
             ELEMENTS_FIELD_NUMBER: _ClassVar[int]
             elements: _containers.RepeatedCompositeFieldContainer[Payload.DataSet.DataSetValue]
-            def __init__(self, elements: _Optional[_Iterable[_Union[Payload.DataSet.DataSetValue, _Mapping]]] = ...) -> None: ...
+            def __init__(
+                self, elements: _Optional[_Iterable[_Union[Payload.DataSet.DataSetValue, _Mapping]]] = ...
+            ) -> None: ...
+
         NUM_OF_COLUMNS_FIELD_NUMBER: _ClassVar[int]
         COLUMNS_FIELD_NUMBER: _ClassVar[int]
         TYPES_FIELD_NUMBER: _ClassVar[int]
@@ -88,13 +141,33 @@ class Payload(_message.Message):
         columns: _containers.RepeatedScalarFieldContainer[str]
         types: _containers.RepeatedScalarFieldContainer[int]
         rows: _containers.RepeatedCompositeFieldContainer[Payload.DataSet.Row]
-        def __init__(self, num_of_columns: _Optional[int] = ..., columns: _Optional[_Iterable[str]] = ..., types: _Optional[_Iterable[int]] = ..., rows: _Optional[_Iterable[_Union[Payload.DataSet.Row, _Mapping]]] = ...) -> None: ...
+        def __init__(
+            self,
+            num_of_columns: _Optional[int] = ...,
+            columns: _Optional[_Iterable[str]] = ...,
+            types: _Optional[_Iterable[int]] = ...,
+            rows: _Optional[_Iterable[_Union[Payload.DataSet.Row, _Mapping]]] = ...,
+        ) -> None: ...
+
     class PropertyValue(_message.Message):
-        __slots__ = ("type", "is_null", "int_value", "long_value", "float_value", "double_value", "boolean_value", "string_value", "propertyset_value", "propertysets_value", "extension_value")
+        __slots__ = (
+            "type",
+            "is_null",
+            "int_value",
+            "long_value",
+            "float_value",
+            "double_value",
+            "boolean_value",
+            "string_value",
+            "propertyset_value",
+            "propertysets_value",
+            "extension_value",
+        )
         class PropertyValueExtension(_message.Message):
             __slots__ = ()
             Extensions: _python_message._ExtensionDict
             def __init__(self) -> None: ...
+
         TYPE_FIELD_NUMBER: _ClassVar[int]
         IS_NULL_FIELD_NUMBER: _ClassVar[int]
         INT_VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -117,7 +190,21 @@ class Payload(_message.Message):
         propertyset_value: Payload.PropertySet
         propertysets_value: Payload.PropertySetList
         extension_value: Payload.PropertyValue.PropertyValueExtension
-        def __init__(self, type: _Optional[int] = ..., is_null: _Optional[bool] = ..., int_value: _Optional[int] = ..., long_value: _Optional[int] = ..., float_value: _Optional[float] = ..., double_value: _Optional[float] = ..., boolean_value: _Optional[bool] = ..., string_value: _Optional[str] = ..., propertyset_value: _Optional[_Union[Payload.PropertySet, _Mapping]] = ..., propertysets_value: _Optional[_Union[Payload.PropertySetList, _Mapping]] = ..., extension_value: _Optional[_Union[Payload.PropertyValue.PropertyValueExtension, _Mapping]] = ...) -> None: ...
+        def __init__(
+            self,
+            type: _Optional[int] = ...,
+            is_null: _Optional[bool] = ...,
+            int_value: _Optional[int] = ...,
+            long_value: _Optional[int] = ...,
+            float_value: _Optional[float] = ...,
+            double_value: _Optional[float] = ...,
+            boolean_value: _Optional[bool] = ...,
+            string_value: _Optional[str] = ...,
+            propertyset_value: _Optional[_Union[Payload.PropertySet, _Mapping]] = ...,
+            propertysets_value: _Optional[_Union[Payload.PropertySetList, _Mapping]] = ...,
+            extension_value: _Optional[_Union[Payload.PropertyValue.PropertyValueExtension, _Mapping]] = ...,
+        ) -> None: ...
+
     class PropertySet(_message.Message):
         __slots__ = ("keys", "values")
         Extensions: _python_message._ExtensionDict
@@ -125,13 +212,19 @@ class Payload(_message.Message):
         VALUES_FIELD_NUMBER: _ClassVar[int]
         keys: _containers.RepeatedScalarFieldContainer[str]
         values: _containers.RepeatedCompositeFieldContainer[Payload.PropertyValue]
-        def __init__(self, keys: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[_Union[Payload.PropertyValue, _Mapping]]] = ...) -> None: ...
+        def __init__(
+            self,
+            keys: _Optional[_Iterable[str]] = ...,
+            values: _Optional[_Iterable[_Union[Payload.PropertyValue, _Mapping]]] = ...,
+        ) -> None: ...
+
     class PropertySetList(_message.Message):
         __slots__ = ("propertyset",)
         Extensions: _python_message._ExtensionDict
         PROPERTYSET_FIELD_NUMBER: _ClassVar[int]
         propertyset: _containers.RepeatedCompositeFieldContainer[Payload.PropertySet]
         def __init__(self, propertyset: _Optional[_Iterable[_Union[Payload.PropertySet, _Mapping]]] = ...) -> None: ...
+
     class MetaData(_message.Message):
         __slots__ = ("is_multi_part", "content_type", "size", "seq", "file_name", "file_type", "md5", "description")
         Extensions: _python_message._ExtensionDict
@@ -151,13 +244,45 @@ class Payload(_message.Message):
         file_type: str
         md5: str
         description: str
-        def __init__(self, is_multi_part: _Optional[bool] = ..., content_type: _Optional[str] = ..., size: _Optional[int] = ..., seq: _Optional[int] = ..., file_name: _Optional[str] = ..., file_type: _Optional[str] = ..., md5: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+        def __init__(
+            self,
+            is_multi_part: _Optional[bool] = ...,
+            content_type: _Optional[str] = ...,
+            size: _Optional[int] = ...,
+            seq: _Optional[int] = ...,
+            file_name: _Optional[str] = ...,
+            file_type: _Optional[str] = ...,
+            md5: _Optional[str] = ...,
+            description: _Optional[str] = ...,
+        ) -> None: ...
+
     class Metric(_message.Message):
-        __slots__ = ("name", "alias", "timestamp", "datatype", "is_historical", "is_transient", "is_null", "metadata", "properties", "int_value", "long_value", "float_value", "double_value", "boolean_value", "string_value", "bytes_value", "dataset_value", "template_value", "extension_value")
+        __slots__ = (
+            "name",
+            "alias",
+            "timestamp",
+            "datatype",
+            "is_historical",
+            "is_transient",
+            "is_null",
+            "metadata",
+            "properties",
+            "int_value",
+            "long_value",
+            "float_value",
+            "double_value",
+            "boolean_value",
+            "string_value",
+            "bytes_value",
+            "dataset_value",
+            "template_value",
+            "extension_value",
+        )
         class MetricValueExtension(_message.Message):
             __slots__ = ()
             Extensions: _python_message._ExtensionDict
             def __init__(self) -> None: ...
+
         NAME_FIELD_NUMBER: _ClassVar[int]
         ALIAS_FIELD_NUMBER: _ClassVar[int]
         TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
@@ -196,7 +321,29 @@ class Payload(_message.Message):
         dataset_value: Payload.DataSet
         template_value: Payload.Template
         extension_value: Payload.Metric.MetricValueExtension
-        def __init__(self, name: _Optional[str] = ..., alias: _Optional[int] = ..., timestamp: _Optional[int] = ..., datatype: _Optional[int] = ..., is_historical: _Optional[bool] = ..., is_transient: _Optional[bool] = ..., is_null: _Optional[bool] = ..., metadata: _Optional[_Union[Payload.MetaData, _Mapping]] = ..., properties: _Optional[_Union[Payload.PropertySet, _Mapping]] = ..., int_value: _Optional[int] = ..., long_value: _Optional[int] = ..., float_value: _Optional[float] = ..., double_value: _Optional[float] = ..., boolean_value: _Optional[bool] = ..., string_value: _Optional[str] = ..., bytes_value: _Optional[bytes] = ..., dataset_value: _Optional[_Union[Payload.DataSet, _Mapping]] = ..., template_value: _Optional[_Union[Payload.Template, _Mapping]] = ..., extension_value: _Optional[_Union[Payload.Metric.MetricValueExtension, _Mapping]] = ...) -> None: ...
+        def __init__(
+            self,
+            name: _Optional[str] = ...,
+            alias: _Optional[int] = ...,
+            timestamp: _Optional[int] = ...,
+            datatype: _Optional[int] = ...,
+            is_historical: _Optional[bool] = ...,
+            is_transient: _Optional[bool] = ...,
+            is_null: _Optional[bool] = ...,
+            metadata: _Optional[_Union[Payload.MetaData, _Mapping]] = ...,
+            properties: _Optional[_Union[Payload.PropertySet, _Mapping]] = ...,
+            int_value: _Optional[int] = ...,
+            long_value: _Optional[int] = ...,
+            float_value: _Optional[float] = ...,
+            double_value: _Optional[float] = ...,
+            boolean_value: _Optional[bool] = ...,
+            string_value: _Optional[str] = ...,
+            bytes_value: _Optional[bytes] = ...,
+            dataset_value: _Optional[_Union[Payload.DataSet, _Mapping]] = ...,
+            template_value: _Optional[_Union[Payload.Template, _Mapping]] = ...,
+            extension_value: _Optional[_Union[Payload.Metric.MetricValueExtension, _Mapping]] = ...,
+        ) -> None: ...
+
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -207,4 +354,11 @@ class Payload(_message.Message):
     seq: int
     uuid: str
     body: bytes
-    def __init__(self, timestamp: _Optional[int] = ..., metrics: _Optional[_Iterable[_Union[Payload.Metric, _Mapping]]] = ..., seq: _Optional[int] = ..., uuid: _Optional[str] = ..., body: _Optional[bytes] = ...) -> None: ...
+    def __init__(
+        self,
+        timestamp: _Optional[int] = ...,
+        metrics: _Optional[_Iterable[_Union[Payload.Metric, _Mapping]]] = ...,
+        seq: _Optional[int] = ...,
+        uuid: _Optional[str] = ...,
+        body: _Optional[bytes] = ...,
+    ) -> None: ...
