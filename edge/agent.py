@@ -16,8 +16,8 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from types import TracebackType
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Protocol
 
 from edge.health import serve
