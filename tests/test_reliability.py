@@ -1,0 +1,198 @@
+"""Fault scenarios: break links and kill processes on purpose; nothing is lost or doubled.
+
+Every scenario runs the same rig (tests/rig.py): a paced source -> edge agent -> broker
+-> collector -> PostgreSQL, and checks that the committed sequence numbers equal the
+generated ones, each once, and that the outbox drains. Figures go to
+out/reliability-results.jsonl; docs/reliability.md tabulates a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from edge.agent import EdgeAgent
+from robodensity.embedded import embedded_mosquitto, free_port
+from tests.faultproxy import FaultProxy
+from tests.rig import PacedSource, rig_settings, run_scenario, until_stored
+
+pytestmark = pytest.mark.slow
+
+
+def _port(url: str) -> int:
+    return int(urlsplit(url).port or 0)
+
+
+@pytest.fixture
+def edge_link(broker_url: str) -> Iterator[FaultProxy]:
+    """A fault proxy between the edge agent and the broker."""
+    with FaultProxy(_port(broker_url)) as proxy:
+        yield proxy
+
+
+@pytest.mark.parametrize("seconds", [5, 30])
+async def test_a_partition_between_edge_and_broker(
+    seconds: int, edge_link: FaultProxy, pg_url: str, broker_url: str, schema: str, tmp_path: Path
+) -> None:
+    async def fault(agent: EdgeAgent, source: PacedSource) -> None:
+        await until_stored(agent, 500)
+        edge_link.partition()
+        await asyncio.sleep(seconds)  # the outage itself
+        edge_link.heal()
+
+    out = await run_scenario(
+        f"edge-broker partition {seconds} s",
+        pg_url,
+        broker_url,
+        schema,
+        tmp_path,
+        fault,
+        n=3000,
+        rate=3000 / (seconds + 4),
+        edge_broker_url=f"mqtt://127.0.0.1:{edge_link.port}",
+    )
+    out.check()
+
+
+async def test_a_blackholed_link_between_edge_and_broker(
+    edge_link: FaultProxy, pg_url: str, broker_url: str, schema: str, tmp_path: Path
+) -> None:
+    async def fault(agent: EdgeAgent, source: PacedSource) -> None:
+        await until_stored(agent, 500)
+        edge_link.blackhole()
+        await asyncio.sleep(8)
+        edge_link.heal()
+
+    out = await run_scenario(
+        "edge-broker blackhole 8 s",
+        pg_url,
+        broker_url,
+        schema,
+        tmp_path,
+        fault,
+        edge_broker_url=f"mqtt://127.0.0.1:{edge_link.port}",
+    )
+    out.check()
+
+
+async def test_a_flapping_link_between_edge_and_broker(
+    edge_link: FaultProxy, pg_url: str, broker_url: str, schema: str, tmp_path: Path
+) -> None:
+    async def fault(agent: EdgeAgent, source: PacedSource) -> None:
+        await until_stored(agent, 300)
+        for _ in range(6):
+            edge_link.partition()
+            await asyncio.sleep(0.7)
+            edge_link.heal()
+            await asyncio.sleep(0.7)
+
+    out = await run_scenario(
+        "edge-broker flapping 6x",
+        pg_url,
+        broker_url,
+        schema,
+        tmp_path,
+        fault,
+        edge_broker_url=f"mqtt://127.0.0.1:{edge_link.port}",
+    )
+    out.check()
+
+
+async def test_the_collector_loses_its_database_mid_stream(
+    pg_url: str, broker_url: str, schema: str, tmp_path: Path
+) -> None:
+    with FaultProxy(_port(pg_url)) as db_link:
+
+        async def fault(agent: EdgeAgent, source: PacedSource) -> None:
+            for _ in range(3):
+                await until_stored(agent, agent.stats.stored + 400)
+                db_link.partition()
+                await asyncio.sleep(2)
+                db_link.heal()
+
+        db_url = pg_url.replace(f":{_port(pg_url)}/", f":{db_link.port}/")
+        out = await run_scenario(
+            "collector-database reset 3x", pg_url, broker_url, schema, tmp_path, fault, collector_db_url=db_url
+        )
+    out.check()
+
+
+async def test_the_broker_is_killed_and_restarted(pg_url: str, schema: str, tmp_path: Path) -> None:
+    port = free_port()
+    broker = embedded_mosquitto(port)
+    url = broker.__enter__()
+    try:
+
+        async def fault(agent: EdgeAgent, source: PacedSource) -> None:
+            nonlocal broker
+            await until_stored(agent, 800)
+            _kill(port, signal.SIGKILL)
+            broker.__exit__(None, None, None)
+            await asyncio.sleep(1)
+            broker = embedded_mosquitto(port)
+            broker.__enter__()
+
+        out = await run_scenario("broker kill -9 and restart", pg_url, url, schema, tmp_path, fault)
+    finally:
+        broker.__exit__(None, None, None)
+    out.check()
+
+
+async def test_a_hung_broker_sigstop(pg_url: str, schema: str, tmp_path: Path) -> None:
+    port = free_port()
+    with embedded_mosquitto(port) as url:
+
+        async def fault(agent: EdgeAgent, source: PacedSource) -> None:
+            await until_stored(agent, 800)
+            _kill(port, signal.SIGSTOP)
+            await asyncio.sleep(6)
+            _kill(port, signal.SIGCONT)
+
+        out = await run_scenario("broker SIGSTOP 6 s", pg_url, url, schema, tmp_path, fault)
+    out.check()
+
+
+async def test_an_expired_broker_session(
+    edge_link: FaultProxy, pg_url: str, broker_url: str, schema: str, tmp_path: Path
+) -> None:
+    settings = rig_settings(schema, tmp_path).model_copy(deep=True)
+    settings = settings.model_copy(update={"broker": settings.broker.model_copy(update={"session_expiry_s": 1})})
+
+    async def fault(agent: EdgeAgent, source: PacedSource) -> None:
+        await until_stored(agent, 500)
+        edge_link.partition()
+        await asyncio.sleep(4)  # longer than the session expiry: the broker forgets the ack subscription
+        edge_link.heal()
+
+    out = await run_scenario(
+        "expired broker session",
+        pg_url,
+        broker_url,
+        schema,
+        tmp_path,
+        fault,
+        settings=settings,
+        edge_broker_url=f"mqtt://127.0.0.1:{edge_link.port}",
+    )
+    out.check()
+
+
+def _kill(port: int, sig: signal.Signals) -> None:
+    """Signal the mosquitto process listening on ``port``."""
+    pids = subprocess.run(["pgrep", "-f", "mosquitto -c"], capture_output=True, text=True).stdout.split()
+    for pid in pids:
+        try:
+            conf = Path(f"/proc/{pid}/cmdline").read_text().split("\0")[2]
+        except (OSError, IndexError):
+            continue
+        if f"listener {port} " in Path(conf).read_text():
+            os.kill(int(pid), sig)
+            return
+    raise AssertionError(f"no mosquitto listens on {port}")
