@@ -13,6 +13,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -59,73 +60,83 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd]
 
 
-@contextlib.contextmanager
-def embedded_postgres(port: int | None = None) -> Iterator[str]:
-    """A new PostgreSQL cluster in a temporary folder; yields its URL.
+class EmbeddedPostgres:
+    """A throwaway cluster that can also be stopped, killed and started again (fault tests).
 
-    fsync is off: this cluster is for demos and tests and dies with them.
+    fsync is off: this cluster is for demos and tests and dies with them (a killed server
+    still recovers from its WAL; only an operating-system crash could lose data).
     """
-    bindir = postgres_bindir()
-    port = port or free_port()
-    root = Path(tempfile.mkdtemp(prefix="robodensity-pg-"))
-    data = root / "data"
-    try:
+
+    def __init__(self, port: int | None = None) -> None:
+        self.bindir = postgres_bindir()
+        self.port = port or free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="robodensity-pg-"))
+        self.data = self.root / "data"
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def init(self) -> None:
         if os.geteuid() == 0:
             try:
                 pw = pwd.getpwnam("postgres")
             except KeyError:
                 raise ServiceError("running as root needs the postgres system user (package postgresql)") from None
-            os.chown(root, pw.pw_uid, pw.pw_gid)
-        _run(
-            _as_postgres(
-                [
-                    str(bindir / "initdb"),
-                    "-D",
-                    str(data),
-                    "-U",
-                    "postgres",
-                    "-A",
-                    "trust",
-                    "-E",
-                    "UTF8",
-                    "--locale=C",
-                    "--no-sync",
-                ]
-            ),
-            "initdb",
-        )
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
+        initdb = [str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust"]
+        _run(_as_postgres([*initdb, "-E", "UTF8", "--locale=C", "--no-sync"]), "initdb")
+
+    def start(self) -> None:
         opts = (
-            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c full_page_writes=off -c max_connections=200"
         )
-        _run(
-            _as_postgres(
-                [
-                    str(bindir / "pg_ctl"),
-                    "-D",
-                    str(data),
-                    "-o",
-                    opts,
-                    "-l",
-                    str(root / "log"),
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ]
-            ),
-            "pg_ctl start",
-        )
+        pg_ctl = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.root / "log")]
+        _run(_as_postgres([*pg_ctl, "-w", "-t", "60", "start"]), "pg_ctl start")
+
+    def stop(self) -> None:
+        cmd = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"]
+        subprocess.run(_as_postgres(cmd), capture_output=True, check=False)
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster, as a crash would; its backends die with it."""
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        # Orphaned backends exit on their own once the postmaster is gone; wait for the port.
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) != 0:
+                    return
+            time.sleep(0.05)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def embedded_postgres(port: int | None = None) -> Iterator[str]:
+    """A new PostgreSQL cluster in a temporary folder; yields its URL."""
+    with running_postgres(port) as pg:
+        yield pg.url
+
+
+@contextlib.contextmanager
+def running_postgres(port: int | None = None) -> Iterator[EmbeddedPostgres]:
+    pg = EmbeddedPostgres(port)
+    try:
+        pg.init()
+        pg.start()
         try:
-            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+            yield pg
         finally:
-            subprocess.run(
-                _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
-                capture_output=True,
-                check=False,
-            )
+            pg.stop()
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        pg.remove()
 
 
 def mosquitto_binary() -> str:

@@ -8,6 +8,7 @@ the outbox drains, and the agent's in-memory queues stayed within their bounds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import resource
 import time
@@ -20,7 +21,7 @@ from typing import Any
 from collector.db import connect
 from edge.agent import EdgeAgent
 from robodensity.settings import Settings, load_settings
-from robodensity.wire import Reading, RobotId, State
+from robodensity.wire import Counter, Reading, RobotId, State
 from tests.helpers import running_collector, wait_until_async
 
 RESULTS = Path(__file__).parent.parent / "out" / "reliability-results.jsonl"
@@ -29,8 +30,8 @@ RESULTS = Path(__file__).parent.parent / "out" / "reliability-results.jsonl"
 class PacedSource:
     """Yields ``n`` state readings for ``robots`` robots at ``rate`` per second, then idles."""
 
-    def __init__(self, n: int, rate: float, robots: int = 20) -> None:
-        self.n, self.rate, self.robots = n, rate, robots
+    def __init__(self, n: int, rate: float, robots: int = 20, counter_every: int | None = None) -> None:
+        self.n, self.rate, self.robots, self.counter_every = n, rate, robots, counter_every
         self.yielded = 0
         self.t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 
@@ -46,7 +47,11 @@ class PacedSource:
         while self.yielded < self.n:
             i = self.yielded
             robot = RobotId("SIM", f"R{i % self.robots:03d}")
-            yield Reading.of_state(robot, self.t0 + timedelta(milliseconds=i), states[i % 3])
+            ts = self.t0 + timedelta(milliseconds=i)
+            if self.counter_every and i % self.counter_every:
+                yield Reading.of_counter(robot, ts, Counter.ENERGY_WH, float(i))
+            else:
+                yield Reading.of_state(robot, ts, states[i % 3])
             self.yielded += 1
             ahead = self.yielded / self.rate - (time.monotonic() - start)
             if ahead > 0.01:
@@ -110,11 +115,19 @@ async def run_scenario(
     collector_db_url: str | None = None,
     settings: Settings | None = None,
     timeout_s: float = 50.0,
+    source: PacedSource | None = None,
+    collector: bool = True,
 ) -> Outcome:
+    """Run ``fault`` against the rig. ``collector=False``: the fault runs the collector itself."""
     settings = settings or rig_settings(schema, tmp_path)
-    source = PacedSource(n, rate)
+    source = source or PacedSource(n, rate)
+    n = source.n
     t0 = time.monotonic()
-    with running_collector(settings, collector_db_url or pg_url, broker_url, schema):
+    with (
+        running_collector(settings, collector_db_url or pg_url, broker_url, schema)
+        if collector
+        else contextlib.nullcontext()
+    ):
         agent = EdgeAgent(settings, edge_broker_url or broker_url, sources=[source])
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))

@@ -12,16 +12,21 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
+from collector.db import connect, migrate
 from edge.agent import EdgeAgent
-from robodensity.embedded import embedded_mosquitto, free_port
+from robodensity.embedded import embedded_mosquitto, free_port, running_postgres
 from tests.faultproxy import FaultProxy
+from tests.helpers import wait_until_async
 from tests.rig import PacedSource, rig_settings, run_scenario, until_stored
+
+ROOT = Path(__file__).parent.parent
 
 pytestmark = pytest.mark.slow
 
@@ -196,3 +201,85 @@ def _kill(port: int, sig: signal.Signals) -> None:
             os.kill(int(pid), sig)
             return
     raise AssertionError(f"no mosquitto listens on {port}")
+
+
+async def test_a_full_outbox_drops_counters_and_keeps_every_state(
+    edge_link: FaultProxy, pg_url: str, broker_url: str, schema: str, tmp_path: Path
+) -> None:
+    settings = rig_settings(schema, tmp_path, outbox_max_bytes=1 << 20)
+    source = PacedSource(16_000, rate=4000, counter_every=4)  # 3 counters for every state change
+
+    async def fault(agent: EdgeAgent, src: PacedSource) -> None:
+        edge_link.partition()  # nothing leaves: the outbox fills up
+        await until_stored(agent, src.n, 40)
+        assert agent.outbox.dropped_counters > 0
+        edge_link.heal()
+
+    out = await run_scenario(
+        "full outbox (1 MiB, 16,000 events)",
+        pg_url,
+        broker_url,
+        schema,
+        tmp_path,
+        fault,
+        source=source,
+        settings=settings,
+        edge_broker_url=f"mqtt://127.0.0.1:{edge_link.port}",
+    )
+    assert out.backlog == 0 and out.stored == out.distinct < out.generated  # dropped counters never arrive
+    with connect(pg_url, schema) as conn:
+        states = conn.execute("SELECT count(*) FROM events WHERE type = 'state'").fetchone()[0]
+        counters = conn.execute("SELECT count(*) FROM events WHERE type = 'counter'").fetchone()[0]
+    assert states == 16_000 // 4  # every state change
+    assert 0 < counters < 12_000  # the oldest counters made room
+
+
+async def test_postgres_killed_mid_stream(broker_url: str, tmp_path: Path) -> None:
+    with running_postgres() as pg:
+        migrate(pg.url, "rel")
+
+        async def fault(agent: EdgeAgent, source: PacedSource) -> None:
+            for _ in range(2):
+                await until_stored(agent, agent.stats.stored + 600)
+                await asyncio.to_thread(pg.kill)
+                await asyncio.to_thread(pg.start)
+
+        out = await run_scenario("PostgreSQL kill -9 twice", pg.url, broker_url, "rel", tmp_path, fault)
+    out.check()
+
+
+async def test_the_collector_killed_between_commit_and_ack(
+    pg_url: str, broker_url: str, schema: str, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "ROBODENSITY_DATABASE__URL": pg_url,
+        "ROBODENSITY_BROKER__URL": broker_url,
+        "ROBODENSITY_COLLECTOR__SHARE_GROUP": schema,
+        "ROBODENSITY_COLLECTOR__CLIENT_ID": f"c-{schema}",
+        "ROBODENSITY_COLLECTOR__FLUSH_MS": "20",
+    }
+    cmd = [sys.executable, "-m", "robodensity.cli", "collector", "run", "--schema", schema]
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    async def fault(agent: EdgeAgent, source: PacedSource) -> None:
+        start()
+        for _ in range(3):
+            await until_stored(agent, agent.stats.stored + 500)
+            await wait_until_async(lambda: agent.stats.acked_events > 0, 30, "acks from the collector")
+            procs[-1].send_signal(signal.SIGKILL)  # wherever it is: between COPY, commit and ack
+            procs[-1].wait()
+            start()
+
+    try:
+        out = await run_scenario(
+            "collector kill -9 three times", pg_url, broker_url, schema, tmp_path, fault, collector=False
+        )
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(20)
+    out.check()
