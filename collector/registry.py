@@ -184,7 +184,7 @@ def read_table(path: Path, table: Table) -> tuple[list[tuple[Any, ...]], list[tu
     rows: list[tuple[Any, ...]] = []
     problems: list[tuple[int, str]] = []
     for line, raw in enumerate(raw_rows, start=2):
-        if not any((v or "").strip() for v in raw.values()):
+        if not any(isinstance(v, str) and v.strip() for v in raw.values()):
             continue  # a blank line or an empty spreadsheet row
         values, errors = [], []
         for col, parse in table.columns.items():

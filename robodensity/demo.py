@@ -179,6 +179,7 @@ async def _fleet(
             else:
                 robots = stack.enter_context(MqttRobots(broker_url, factory.id, keys))
                 robots.clear_retained()
+                stack.callback(robots.clear_retained)  # leave no retained state on a shared broker
                 for k, [(t, s)] in initial.items():
                     robots.publish_state(k, s, t)
                 robots.flush()

@@ -81,10 +81,11 @@ def load_fleet(conn: psycopg.Connection, start: datetime, end: datetime) -> Flee
 def load_state_events(conn: psycopg.Connection, start: datetime, end: datetime) -> StateEvents:
     """State events in [start, end) plus each robot's last one before start, sorted by robot, time."""
     rows = conn.execute(
-        "SELECT robot_id, ts, state, seq FROM events WHERE type = 'state' AND ts >= %(s)s AND ts < %(e)s "
+        "(SELECT robot_id, ts, state, seq FROM events WHERE type = 'state' AND ts >= %(s)s AND ts < %(e)s) "
         "UNION ALL "
-        "SELECT DISTINCT ON (robot_id) robot_id, ts, state, seq FROM events "
-        "WHERE type = 'state' AND ts < %(s)s ORDER BY 1, 2, 4",
+        "(SELECT DISTINCT ON (robot_id) robot_id, ts, state, seq FROM events "
+        " WHERE type = 'state' AND ts < %(s)s ORDER BY robot_id, ts DESC, seq DESC) "
+        "ORDER BY 1, 2, 4",
         {"s": start, "e": end},
     ).fetchall()
     return StateEvents(

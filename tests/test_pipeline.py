@@ -19,7 +19,7 @@ async def test_states_published_on_mqtt_reach_the_database_once(
     pg_url: str, broker_url: str, schema: str, tmp_path: Path
 ) -> None:
     province = generate(
-        ProvinceSpec(cities=(CitySpec("320100", "南京市", "Nanjing", 1),), robots=5, opcua_share=0.0), seed=7
+        ProvinceSpec(cities=(CitySpec("320400", "常州市", "Changzhou", 1),), robots=5, opcua_share=0.0), seed=7
     )
     import_province(province, pg_url, schema, tmp_path / "registry")
     factory = province.factories[0]

@@ -39,7 +39,11 @@ LEFT JOIN LATERAL (
     SELECT value, due_date FROM targets t
     WHERE t.metric = 'robot_density'
       AND t.scope_region IN (d.region_code, r.parent_code, 'CN')
-    ORDER BY (t.scope_region = d.region_code) DESC, (t.scope_region = 'CN'), t.due_date
+    -- the region's own target before its parent's before the national one; an upcoming
+    -- target (the nearest) before one already past due (the latest)
+    ORDER BY (t.scope_region = d.region_code) DESC, (t.scope_region = 'CN'),
+             (t.due_date < d.period_end::date), CASE WHEN t.due_date >= d.period_end::date THEN t.due_date END,
+             t.due_date DESC
     LIMIT 1
 ) t ON true;
 

@@ -1,0 +1,205 @@
+"""Benchmark: every dashboard panel's query on a simulated province, p95 against a 150 ms goal.
+
+Run on demand (not part of the tests)::
+
+    .venv/bin/python -m bench.bench_dashboards                     # 5,000 robots x 90 days
+    .venv/bin/python -m bench.bench_dashboards --robots 500 --days 14 --repeat 10
+    .venv/bin/python -m bench.bench_dashboards --database-url postgresql://... # reuse a server
+
+Starts a throwaway PostgreSQL (robodensity.embedded) unless given a URL, migrates a fresh
+schema, bulk-loads the province's registry and state events with simulators/load.py,
+computes the daily rollups and monthly densities with robodensity.metrics_job.compute (one
+calendar month at a time, to bound its memory), fills event_keys and agents as the
+collector would, then times each panel query expanded exactly as Grafana expands it
+(dashboards.macros). Also timed, in the same run and the same way: a trivial baseline
+(``SELECT 1``), so the ratio shows the cost of the query itself over the round trip.
+
+Time ranges: the province and drill-down dashboards over the whole simulated period; the
+factory dashboard over its default (the last 7 days) and over the whole period; the fleet
+dashboard over its default (the last 24 hours).
+
+What is timed: execute + fetch of the expanded SQL on one warm connection [ms]; the first
+run of each query is a warm-up and not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import psycopg
+
+from collector.db import connect, drop_schema, migrate
+from dashboards import macros
+from dashboards.build import build_all
+from dashboards.panels import panels_of
+from robodensity import metrics_job
+from robodensity.embedded import embedded_postgres
+from robodensity.metrics_job import LOCAL_TZ
+from simulators.load import load_province
+from simulators.province import CitySpec, ProvinceSpec, generate
+
+GOAL_MS = 150.0
+END = datetime(2026, 4, 1, tzinfo=LOCAL_TZ)
+
+
+@dataclass
+class Timing:
+    dashboard: str
+    panel: str
+    ref: str
+    range_label: str
+    rows: int
+    samples: list[float]
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def p95(self) -> float:
+        s = sorted(self.samples)
+        return s[min(len(s) - 1, max(0, round(0.95 * len(s)) - 1))]
+
+
+def spec_for(robots: int) -> ProvinceSpec:
+    """Jiangsu-like: 13 cities, about 48 robots per factory."""
+    factories = max(6, round(robots / 48))
+    n_cities = 13
+    cities = tuple(CitySpec(f"32{i + 1:02d}00", f"城市{i + 1}", f"City {i + 1}",
+                            factories // n_cities + (1 if i < factories % n_cities else 0))
+                   for i in range(n_cities))
+    return ProvinceSpec(cities=tuple(c for c in cities if c.factories > 0), robots=robots)
+
+
+def months(start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:
+    t = start
+    while t < end:
+        nxt = datetime(t.year + t.month // 12, t.month % 12 + 1, 1, tzinfo=LOCAL_TZ)
+        yield t, min(nxt, end)
+        t = nxt
+
+
+def load(url: str, schema: str, robots: int, days: int, seed: int) -> tuple[datetime, datetime, str, int]:
+    start = END - timedelta(days=days)
+    province = generate(spec_for(robots), seed)
+    with connect(url, schema) as conn, tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        load_province(conn, province, Path(tmp), seed, start, END)
+        conn.commit()
+        n_events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        print(f"loaded {len(province.robots):,} robots, {len(province.factories)} factories, "
+              f"{n_events:,} state events in {time.perf_counter() - t0:.0f} s", flush=True)
+        t0 = time.perf_counter()
+        for a, b in months(datetime(start.year, start.month, 1, tzinfo=LOCAL_TZ), END):
+            metrics_job.compute(conn, max(a, start), b)
+            conn.commit()
+        print(f"metrics_job.compute (per month) in {time.perf_counter() - t0:.0f} s", flush=True)
+        t0 = time.perf_counter()
+        conn.execute("INSERT INTO event_keys (agent_id, seq, robot_id, ts) "
+                     "SELECT agent_id, seq, robot_id, ts FROM events ON CONFLICT DO NOTHING")
+        conn.execute("INSERT INTO agents (agent_id, factory_id, first_seen, last_seen, acked_through) "
+                     "SELECT agent_id, min(factory_id), min(ts), now() - interval '1 minute', max(seq) "
+                     "FROM events GROUP BY agent_id ON CONFLICT DO NOTHING")
+        conn.execute("INSERT INTO dead_letters (received_at, topic, agent_id, seq, reason, field, payload) "
+                     "SELECT now() - g * interval '1 minute', 'robodensity/v1/x/y/up', 'sim-x', g, "
+                     "(ARRAY['schema', 'unknown_robot', 'clock_skew'])[1 + g % 3], 'events[].ts', '\\x00' "
+                     "FROM generate_series(1, 5000) g")
+        conn.execute("ANALYZE")
+        conn.commit()
+        print(f"event_keys, agents, dead letters, ANALYZE in {time.perf_counter() - t0:.0f} s", flush=True)
+        busiest = conn.execute("SELECT factory_id FROM v_factory_fleet ORDER BY robot_count DESC LIMIT 1"
+                               ).fetchone()[0]
+    return start, END, busiest, n_events
+
+
+def time_query(conn: psycopg.Connection, sql: str, repeat: int) -> tuple[int, list[float]]:
+    rows = len(conn.execute(sql).fetchall())  # warm-up
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        conn.execute(sql).fetchall()
+        samples.append((time.perf_counter() - t0) * 1000)
+    return rows, samples
+
+
+def run(url: str, schema: str, start: datetime, end: datetime, factory: str, repeat: int) -> list[Timing]:
+    a, b = list(months(datetime(start.year, start.month, 1, tzinfo=LOCAL_TZ), end))[-1]
+    last_month = (max(a, start), b)  # the period load() computed last
+    variables = {
+        "robodensity-province": {"region": "320000"},
+        "robodensity-drilldown": {
+            "region": "320000", "industry": "*",
+            "period": f"{macros.rfc3339nano(last_month[0])}/{macros.rfc3339nano(last_month[1])}",
+        },
+        "robodensity-factory": {"factory": factory},
+        "robodensity-fleet": {},
+    }
+    ranges = {
+        "robodensity-province": [(f"{(end - start).days} d", start, end)],
+        "robodensity-drilldown": [(f"{(end - start).days} d", start, end)],
+        "robodensity-factory": [("7 d", end - timedelta(days=7), end), (f"{(end - start).days} d", start, end)],
+        "robodensity-fleet": [("24 h", datetime.now(LOCAL_TZ) - timedelta(hours=24), datetime.now(LOCAL_TZ))],
+    }
+    out: list[Timing] = []
+    with connect(url, schema, autocommit=True) as conn:
+        rows, samples = time_query(conn, "SELECT 1", repeat)
+        out.append(Timing("baseline", "SELECT 1", "-", "-", rows, samples))
+        for uid, model in build_all().items():
+            for label, t0, t1 in ranges[uid]:
+                for panel in panels_of(model):
+                    for target in panel["targets"]:
+                        sql = macros.expand(target["rawSql"], variables[uid], time_from=t0, time_to=t1)
+                        rows, samples = time_query(conn, sql, repeat)
+                        out.append(Timing(uid.removeprefix("robodensity-"), panel["title"], target["refId"], label,
+                                          rows, samples))
+    return out
+
+
+def report(timings: list[Timing]) -> int:
+    base = timings[0].p95
+    print(f"\n{'dashboard':<10} {'range':>6} {'panel':<58} {'q':>1} {'rows':>7} {'p50 ms':>8} {'p95 ms':>8} "
+          f"{'x base':>8}  goal")
+    over = 0
+    for t in timings:
+        ok = t.p95 <= GOAL_MS
+        over += not ok
+        print(f"{t.dashboard:<10} {t.range_label:>6} {t.panel[:58]:<58} {t.ref:>1} {t.rows:>7,} {t.p50:>8.1f} "
+              f"{t.p95:>8.1f} {t.p95 / base:>8.0f}  {'ok' if ok else 'OVER'}")
+    print(f"\nbaseline SELECT 1 p95 = {base:.3f} ms; {len(timings) - 1} panel queries, {over} over {GOAL_MS:.0f} ms")
+    return over
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog="Example: .venv/bin/python -m bench.bench_dashboards --robots 500 --days 14")
+    ap.add_argument("--robots", type=int, default=5000)
+    ap.add_argument("--days", type=int, default=90)
+    ap.add_argument("--repeat", type=int, default=20, help="timed runs per query (after one warm-up)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--database-url", help="an existing PostgreSQL to use instead of a throwaway one")
+    args = ap.parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        url = args.database_url or stack.enter_context(embedded_postgres())
+        schema = f"bench_{uuid.uuid4().hex[:8]}"
+        migrate(url, schema)
+        try:
+            start, end, factory, _ = load(url, schema, args.robots, args.days, args.seed)
+            timings = run(url, schema, start, end, factory, args.repeat)
+        finally:
+            if args.database_url:
+                drop_schema(url, schema)
+    return 1 if report(timings) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
