@@ -151,7 +151,7 @@ def provision(api: Any, dashboards: dict[str, dict[str, Any]], folder_of: Any,
             try:
                 stored = api.folder.get_folder(f.uid)
             except GrafanaClientError as exc:
-                if exc.status_code != 404:
+                if getattr(exc, "status_code", None) != 404:
                     raise
                 api.folder.create_folder(f.title, uid=f.uid)
                 report.created.append(f"folder {f.uid}")
@@ -168,7 +168,7 @@ def provision(api: Any, dashboards: dict[str, dict[str, Any]], folder_of: Any,
             try:
                 stored = api.dashboard.get_dashboard(uid)
             except GrafanaClientError as exc:
-                if exc.status_code != 404:
+                if getattr(exc, "status_code", None) != 404:
                     raise
                 stored = None
             if stored is not None and _same_dashboard(stored.get("dashboard", {}), model) and (
@@ -184,11 +184,13 @@ def provision(api: Any, dashboards: dict[str, dict[str, Any]], folder_of: Any,
     return report
 
 
-def _ensure_datasource(api: Any, wanted: dict[str, Any], report: ProvisionReport, not_found: type) -> None:
+def _ensure_datasource(
+    api: Any, wanted: dict[str, Any], report: ProvisionReport, not_found: type[Exception]
+) -> None:
     try:
         stored = api.datasource.get_datasource_by_uid(DATASOURCE_UID)
     except not_found as exc:
-        if exc.status_code != 404:
+        if getattr(exc, "status_code", None) != 404:
             raise
         api.datasource.create_datasource(wanted)
         report.created.append(f"datasource {DATASOURCE_UID}")
