@@ -75,9 +75,15 @@ def spec_for(robots: int) -> ProvinceSpec:
     """Jiangsu-like: 13 cities, about 48 robots per factory."""
     factories = max(6, round(robots / 48))
     n_cities = 13
-    cities = tuple(CitySpec(f"32{i + 1:02d}00", f"城市{i + 1}", f"City {i + 1}",
-                            factories // n_cities + (1 if i < factories % n_cities else 0))
-                   for i in range(n_cities))
+    cities = tuple(
+        CitySpec(
+            f"32{i + 1:02d}00",
+            f"城市{i + 1}",
+            f"City {i + 1}",
+            factories // n_cities + (1 if i < factories % n_cities else 0),
+        )
+        for i in range(n_cities)
+    )
     return ProvinceSpec(cities=tuple(c for c in cities if c.factories > 0), robots=robots)
 
 
@@ -97,28 +103,36 @@ def load(url: str, schema: str, robots: int, days: int, seed: int) -> tuple[date
         load_province(conn, province, Path(tmp), seed, start, END)
         conn.commit()
         n_events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-        print(f"loaded {len(province.robots):,} robots, {len(province.factories)} factories, "
-              f"{n_events:,} state events in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(
+            f"loaded {len(province.robots):,} robots, {len(province.factories)} factories, "
+            f"{n_events:,} state events in {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
         t0 = time.perf_counter()
         for a, b in months(datetime(start.year, start.month, 1, tzinfo=LOCAL_TZ), END):
             metrics_job.compute(conn, max(a, start), b)
             conn.commit()
         print(f"metrics_job.compute (per month) in {time.perf_counter() - t0:.0f} s", flush=True)
         t0 = time.perf_counter()
-        conn.execute("INSERT INTO event_keys (agent_id, seq, robot_id, ts) "
-                     "SELECT agent_id, seq, robot_id, ts FROM events ON CONFLICT DO NOTHING")
-        conn.execute("INSERT INTO agents (agent_id, factory_id, first_seen, last_seen, acked_through) "
-                     "SELECT agent_id, min(factory_id), min(ts), now() - interval '1 minute', max(seq) "
-                     "FROM events GROUP BY agent_id ON CONFLICT DO NOTHING")
-        conn.execute("INSERT INTO dead_letters (received_at, topic, agent_id, seq, reason, field, payload) "
-                     "SELECT now() - g * interval '1 minute', 'robodensity/v1/x/y/up', 'sim-x', g, "
-                     "(ARRAY['schema', 'unknown_robot', 'clock_skew'])[1 + g % 3], 'events[].ts', '\\x00' "
-                     "FROM generate_series(1, 5000) g")
+        conn.execute(
+            "INSERT INTO event_keys (agent_id, seq, robot_id, ts) "
+            "SELECT agent_id, seq, robot_id, ts FROM events ON CONFLICT DO NOTHING"
+        )
+        conn.execute(
+            "INSERT INTO agents (agent_id, factory_id, first_seen, last_seen, acked_through) "
+            "SELECT agent_id, min(factory_id), min(ts), now() - interval '1 minute', max(seq) "
+            "FROM events GROUP BY agent_id ON CONFLICT DO NOTHING"
+        )
+        conn.execute(
+            "INSERT INTO dead_letters (received_at, topic, agent_id, seq, reason, field, payload) "
+            "SELECT now() - g * interval '1 minute', 'robodensity/v1/x/y/up', 'sim-x', g, "
+            "(ARRAY['schema', 'unknown_robot', 'clock_skew'])[1 + g % 3], 'events[].ts', '\\x00' "
+            "FROM generate_series(1, 5000) g"
+        )
         conn.execute("ANALYZE")
         conn.commit()
         print(f"event_keys, agents, dead letters, ANALYZE in {time.perf_counter() - t0:.0f} s", flush=True)
-        busiest = conn.execute("SELECT factory_id FROM v_factory_fleet ORDER BY robot_count DESC LIMIT 1"
-                               ).fetchone()[0]
+        busiest = conn.execute("SELECT factory_id FROM v_factory_fleet ORDER BY robot_count DESC LIMIT 1").fetchone()[0]
     return start, END, busiest, n_events
 
 
@@ -138,7 +152,8 @@ def run(url: str, schema: str, start: datetime, end: datetime, factory: str, rep
     variables = {
         "robodensity-province": {"region": "320000"},
         "robodensity-drilldown": {
-            "region": "320000", "industry": "*",
+            "region": "320000",
+            "industry": "*",
             "period": f"{macros.rfc3339nano(last_month[0])}/{macros.rfc3339nano(last_month[1])}",
         },
         "robodensity-factory": {"factory": factory},
@@ -160,28 +175,37 @@ def run(url: str, schema: str, start: datetime, end: datetime, factory: str, rep
                     for target in panel["targets"]:
                         sql = macros.expand(target["rawSql"], variables[uid], time_from=t0, time_to=t1)
                         rows, samples = time_query(conn, sql, repeat)
-                        out.append(Timing(uid.removeprefix("robodensity-"), panel["title"], target["refId"], label,
-                                          rows, samples))
+                        out.append(
+                            Timing(
+                                uid.removeprefix("robodensity-"), panel["title"], target["refId"], label, rows, samples
+                            )
+                        )
     return out
 
 
 def report(timings: list[Timing]) -> int:
     base = timings[0].p95
-    print(f"\n{'dashboard':<10} {'range':>6} {'panel':<58} {'q':>1} {'rows':>7} {'p50 ms':>8} {'p95 ms':>8} "
-          f"{'x base':>8}  goal")
+    print(
+        f"\n{'dashboard':<10} {'range':>6} {'panel':<58} {'q':>1} {'rows':>7} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'x base':>8}  goal"
+    )
     over = 0
     for t in timings:
         ok = t.p95 <= GOAL_MS
         over += not ok
-        print(f"{t.dashboard:<10} {t.range_label:>6} {t.panel[:58]:<58} {t.ref:>1} {t.rows:>7,} {t.p50:>8.1f} "
-              f"{t.p95:>8.1f} {t.p95 / base:>8.0f}  {'ok' if ok else 'OVER'}")
+        print(
+            f"{t.dashboard:<10} {t.range_label:>6} {t.panel[:58]:<58} {t.ref:>1} {t.rows:>7,} {t.p50:>8.1f} "
+            f"{t.p95:>8.1f} {t.p95 / base:>8.0f}  {'ok' if ok else 'OVER'}"
+        )
     print(f"\nbaseline SELECT 1 p95 = {base:.3f} ms; {len(timings) - 1} panel queries, {over} over {GOAL_MS:.0f} ms")
     return over
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 epilog="Example: .venv/bin/python -m bench.bench_dashboards --robots 500 --days 14")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Example: .venv/bin/python -m bench.bench_dashboards --robots 500 --days 14",
+    )
     ap.add_argument("--robots", type=int, default=5000)
     ap.add_argument("--days", type=int, default=90)
     ap.add_argument("--repeat", type=int, default=20, help="timed runs per query (after one warm-up)")
