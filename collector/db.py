@@ -43,11 +43,15 @@ def check_schema(schema: str) -> str:
     return schema
 
 
-def connect(url: str, schema: str = DEFAULT_SCHEMA, autocommit: bool = False) -> psycopg.Connection:
+def connect(
+    url: str, schema: str = DEFAULT_SCHEMA, autocommit: bool = False, application_name: str | None = None
+) -> psycopg.Connection:
     """A connection whose search_path is ``schema``; DatabaseError names the host, not the password."""
     check_schema(schema)
     try:
-        return psycopg.connect(url, autocommit=autocommit, options=f"-c search_path={schema}")
+        return psycopg.connect(
+            url, autocommit=autocommit, options=f"-c search_path={schema}", application_name=application_name or ""
+        )
     except psycopg.OperationalError as exc:
         raise DatabaseError(f"cannot connect to PostgreSQL at {_where(url)}: {_first_line(exc)}") from None
 
@@ -83,12 +87,39 @@ def migrate(url: str, schema: str = DEFAULT_SCHEMA) -> list[Migration]:
                     raise DatabaseError(f"migration {m.version:03d}_{m.name} failed: {_first_line(exc)}") from None
                 conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (m.version, m.name))
                 applied.append(m)
+        # Objects of every migration (also later ones, such as the dashboards' views) go to the
+        # schema's owner role and get the grants of collector/migrations/008_roles.sql.
+        if _scalar(conn, "SELECT to_regprocedure(%s)", f"{schema}.apply_roles()"):
+            with conn.transaction():
+                try:
+                    conn.execute("SELECT apply_roles()")
+                except psycopg.Error as exc:
+                    raise DatabaseError(f"applying roles to schema {schema} failed: {_first_line(exc)}") from None
     return applied
 
 
 def drop_schema(url: str, schema: str) -> None:
+    """Drop ``schema`` and the roles made for it (roles are cluster-wide, the schema is not)."""
     with connect(url, schema, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(check_schema(schema))))
+        roles: list[str] = []
+        if _scalar(conn, "SELECT to_regclass(%s)", f"{check_schema(schema)}.schema_roles"):
+            # Department roles first, the owner last: the others are granted things it owns.
+            roles = [
+                r
+                for (r,) in conn.execute(
+                    "SELECT role_name FROM schema_roles ORDER BY kind = 'owner', kind <> 'department', role_name"
+                )
+            ]
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        for role in roles:
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def _scalar(conn: psycopg.Connection, query: str, arg: object) -> object:
+    row = conn.execute(query, (arg,)).fetchone()
+    return row[0] if row else None
 
 
 def _where(url: str) -> str:

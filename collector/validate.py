@@ -3,6 +3,12 @@
 The topic's factory and agent win: a payload that names another factory or agent is
 rejected whole. Inside a good message, a bad event is rejected alone with the field
 that broke the contract; its neighbours are stored.
+
+``validate_rows`` is what the writer uses: well-formed messages go through the fast path
+of collector.decode, anything else through ``wire.decode_batch`` (the reference), so the
+rejections are the wire module's. A payload that makes the decoder itself fail (nesting
+too deep for the JSON parser, an integer too large for a float) is rejected whole instead
+of stopping the collector.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from collector.decode import FastRow, decode_rows, event_to_row
 from robodensity.wire import DecodedBatch, WireError, decode_batch, parse_uplink_topic
 
 
@@ -22,6 +29,8 @@ class Incoming:
     topic: str
     payload: bytes
     mid: int = 0
+    session: int = 0
+    """Which broker connection delivered it: a message id is only worth acking on that one."""
 
     @property
     def factory(self) -> str:
@@ -57,10 +66,37 @@ class Validated:
     rejected: list[Rejected]
 
 
+@dataclass(frozen=True)
+class ValidatedRows:
+    rows: list[FastRow]
+    rejected: list[Rejected]
+
+
+def validate_rows(msg: Incoming, now: datetime) -> ValidatedRows:
+    """Good events of ``msg`` as rows, and what to dead-letter; the same verdicts as validate_message."""
+    fast = decode_rows(msg.payload, now)
+    if fast is not None:
+        agent, factory, rows = fast
+        parts = msg.topic.split("/")
+        if len(parts) == 5 and parts[2] == factory and parts[3] == agent:
+            try:
+                parse_uplink_topic(msg.topic)
+            except WireError:
+                pass
+            else:
+                return ValidatedRows(rows, [])
+    result = validate_message(msg, now)
+    return ValidatedRows([event_to_row(e) for e in result.batch.events] if result.batch else [], result.rejected)
+
+
 def validate_message(msg: Incoming, now: datetime) -> Validated:
     try:
         factory, agent = parse_uplink_topic(msg.topic)
-        batch = decode_batch(msg.payload, now)
+        try:
+            batch = decode_batch(msg.payload, now)
+        except (RecursionError, OverflowError, MemoryError) as exc:
+            # Not a WireError: the decoder itself gave up (deeply nested JSON, a huge integer).
+            raise WireError("payload", f"cannot be decoded: {type(exc).__name__}") from None
         if batch.factory != factory:
             raise WireError("factory", f"payload names factory {batch.factory!r} but the topic is {factory!r}")
         if batch.agent != agent:

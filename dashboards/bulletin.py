@@ -31,8 +31,15 @@ LOCAL_TZ_NAME = "Asia/Shanghai"
 LOW_COVERAGE = 0.9
 """Below this share of registered robots reporting, a region's figures get a data-gap note."""
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
 
 
 @dataclass
@@ -72,8 +79,12 @@ def _rows(conn: psycopg.Connection, region: str, start: date, end: date) -> list
             "AND period_start = (%(s)s::timestamp AT TIME ZONE %(tz)s) "
             "AND period_end = (%(e)s::timestamp AT TIME ZONE %(tz)s) "
             "ORDER BY level, region_code",
-            {"r": region, "s": datetime.combine(start, time()), "e": datetime.combine(end, time()),
-             "tz": LOCAL_TZ_NAME},
+            {
+                "r": region,
+                "s": datetime.combine(start, time()),
+                "e": datetime.combine(end, time()),
+                "tz": LOCAL_TZ_NAME,
+            },
         ).fetchall()
 
 
@@ -84,7 +95,8 @@ def bulletin_data(conn: psycopg.Connection, region: str, month: str) -> Bulletin
     if not own:
         raise DatabaseError(
             f"no densities of region {region} for {month}: run "
-            f"`robodensity metrics compute --from {first.isoformat()} --to {nxt.isoformat()}` first")
+            f"`robodensity metrics compute --from {first.isoformat()} --to {nxt.isoformat()}` first"
+        )
     prev_first, _ = month_period(f"{first.year - (first.month == 1)}-{(first.month - 2) % 12 + 1:02d}")
     previous = {r["region_code"]: r for r in _rows(conn, region, prev_first, first)}
     with conn.cursor(row_factory=dict_row) as cur:
@@ -101,9 +113,17 @@ def bulletin_data(conn: psycopg.Connection, region: str, month: str) -> Bulletin
             "WHERE rd.day >= %s AND rd.day < %s",
             (region, first, nxt),
         ).fetchone()
-    data = BulletinData(own[0], [r for r in rows if r["region_code"] != region], industries, previous,
-                        first, own[0]["period_start"], own[0]["period_end"], int(days["n"] if days else 0),
-                        (nxt - first).days)
+    data = BulletinData(
+        own[0],
+        [r for r in rows if r["region_code"] != region],
+        industries,
+        previous,
+        first,
+        own[0]["period_start"],
+        own[0]["period_end"],
+        int(days["n"] if days else 0),
+        (nxt - first).days,
+    )
     data.gaps = _gaps(data)
     return data
 
@@ -113,17 +133,26 @@ def _gaps(d: BulletinData) -> list[tuple[str, str]]:
     for r in [d.region, *d.children]:
         name, name_en = r["region_name"], r["region_name_en"]
         if r["employee_count"] == 0:
-            notes.append((f"{name}：无从业人员数据，无法计算密度。",
-                          f"{name_en}: no employee headcount, so no density."))
+            notes.append(
+                (f"{name}：无从业人员数据，无法计算密度。", f"{name_en}: no employee headcount, so no density.")
+            )
         cov = r["coverage"]
         if cov is not None and cov < LOW_COVERAGE:
             missing = r["robot_count"] - r["reporting_count"]
-            notes.append((f"{name}：{missing} 台登记机器人本月未上报数据（覆盖率 {_pct(cov)}），核验密度偏低。",
-                          f"{name_en}: {missing} registered robots sent no telemetry this month "
-                          f"(coverage {_pct(cov)}); verified density understates."))
+            notes.append(
+                (
+                    f"{name}：{missing} 台登记机器人本月未上报数据（覆盖率 {_pct(cov)}），核验密度偏低。",
+                    f"{name_en}: {missing} registered robots sent no telemetry this month "
+                    f"(coverage {_pct(cov)}); verified density understates.",
+                )
+            )
     if d.days_with_data < d.days_in_month:
-        notes.append((f"本月 {d.days_in_month} 天中仅 {d.days_with_data} 天有利用率数据。",
-                      f"Utilisation data exist for {d.days_with_data} of {d.days_in_month} days of the month."))
+        notes.append(
+            (
+                f"本月 {d.days_in_month} 天中仅 {d.days_with_data} 天有利用率数据。",
+                f"Utilisation data exist for {d.days_with_data} of {d.days_in_month} days of the month.",
+            )
+        )
     if not d.previous:
         notes.append(("上月密度未计算，无法列出变化。", "The previous month was not computed: no movers."))
     if d.region["target"] is None:
@@ -132,6 +161,7 @@ def _gaps(d: BulletinData) -> list[tuple[str, str]]:
 
 
 # ----------------------------------------------------------------------------- rendering
+
 
 def _num(x: float | None, digits: int = 1) -> str:
     return "–" if x is None else f"{x:,.{digits}f}"
@@ -143,23 +173,36 @@ def _pct(x: float | None) -> str:
 
 def _cell(key: str, region: str, value: Any, text: str) -> str:
     raw = "" if value is None else repr(float(value)) if isinstance(value, float) else str(value)
-    return (f'<td class="num" data-key="{key}" data-region="{html.escape(region)}" '
-            f'data-value="{html.escape(raw)}">{html.escape(text)}</td>')
+    return (
+        f'<td class="num" data-key="{key}" data-region="{html.escape(region)}" '
+        f'data-value="{html.escape(raw)}">{html.escape(text)}</td>'
+    )
 
 
-def bar_chart_svg(items: list[tuple[str, float | None]], *, target: float | None = None, unit: str = "",
-                  width: int = 640, bar_h: int = 26, label_w: int = 190, percent: bool = False) -> str:
+def bar_chart_svg(
+    items: list[tuple[str, float | None]],
+    *,
+    target: float | None = None,
+    unit: str = "",
+    width: int = 640,
+    bar_h: int = 26,
+    label_w: int = 190,
+    percent: bool = False,
+) -> str:
     """A horizontal bar chart as inline SVG; a dashed red line marks ``target``."""
     values = [v for _, v in items if v is not None]
     top = max([*values, target or 0, 1e-9]) * 1.15
     plot_w = width - label_w - 70
     height = len(items) * bar_h + 30
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" font-family="sans-serif" font-size="12">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" font-family="sans-serif" font-size="12">'
+    ]
     for i, (label, v) in enumerate(items):
         y = 10 + i * bar_h
-        parts.append(f'<text x="{label_w - 6}" y="{y + bar_h * 0.62:.1f}" text-anchor="end">'
-                     f"{html.escape(label)}</text>")
+        parts.append(
+            f'<text x="{label_w - 6}" y="{y + bar_h * 0.62:.1f}" text-anchor="end">{html.escape(label)}</text>'
+        )
         if v is not None:
             w = plot_w * v / top
             parts.append(f'<rect x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{bar_h - 8}" fill="#2f6db5"/>')
@@ -169,10 +212,14 @@ def bar_chart_svg(items: list[tuple[str, float | None]], *, target: float | None
             parts.append(f'<text x="{label_w + 4}" y="{y + bar_h * 0.62:.1f}" fill="#888">n/a</text>')
     if target:
         x = label_w + plot_w * target / top
-        parts.append(f'<line x1="{x:.1f}" y1="4" x2="{x:.1f}" y2="{height - 16}" stroke="#c0392b" '
-                     f'stroke-width="2" stroke-dasharray="6 4"/>')
-        parts.append(f'<text x="{x:.1f}" y="{height - 3}" text-anchor="middle" fill="#c0392b">'
-                     f"目标 target {_num(target, 0)}</text>")
+        parts.append(
+            f'<line x1="{x:.1f}" y1="4" x2="{x:.1f}" y2="{height - 16}" stroke="#c0392b" '
+            f'stroke-width="2" stroke-dasharray="6 4"/>'
+        )
+        parts.append(
+            f'<text x="{x:.1f}" y="{height - 3}" text-anchor="middle" fill="#c0392b">'
+            f"目标 target {_num(target, 0)}</text>"
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -205,8 +252,12 @@ def render_html(d: BulletinData, generated: datetime | None = None) -> str:
     progress = r["robot_density"] / r["target"] if r["robot_density"] is not None and r["target"] else None
     kpis = [
         ("robot_density", "机器人密度 Robot density", _num(r["robot_density"]), r["robot_density"]),
-        ("target", "目标 Target", _num(r["target"], 0) + (f" ({r['target_due']:%Y-%m-%d})" if r["target"] else ""),
-         r["target"]),
+        (
+            "target",
+            "目标 Target",
+            _num(r["target"], 0) + (f" ({r['target_due']:%Y-%m-%d})" if r["target"] else ""),
+            r["target"],
+        ),
         ("target_progress", "目标完成度 Progress", _pct(progress), progress),
         ("verified_density", "核验密度 Verified density", _num(r["verified_density"]), r["verified_density"]),
         ("coverage", "覆盖率 Coverage", _pct(r["coverage"]), r["coverage"]),
@@ -218,7 +269,8 @@ def render_html(d: BulletinData, generated: datetime | None = None) -> str:
     kpi_html = "".join(
         f'<div class="kpi">{html.escape(label)}<b data-key="{key}" data-region="{code}" '
         f'data-value="{"" if v is None else v!r}">{html.escape(text)}</b></div>'
-        for key, label, text, v in kpis)
+        for key, label, text, v in kpis
+    )
     cities = d.children
     city_rows = "".join(
         "<tr>"
@@ -230,24 +282,33 @@ def render_html(d: BulletinData, generated: datetime | None = None) -> str:
         + _cell("coverage", c["region_code"], c["coverage"], _pct(c["coverage"]))
         + _cell("utilisation", c["region_code"], c["utilisation"], _pct(c["utilisation"]))
         + _cell("domestic_share", c["region_code"], c["domestic_share"], _pct(c["domestic_share"]))
-        + "</tr>" for c in cities)
+        + "</tr>"
+        for c in cities
+    )
     density_chart = bar_chart_svg(
-        [(f"{c['region_name']} {c['region_name_en']}", c["robot_density"]) for c in cities], target=r["target"])
+        [(f"{c['region_name']} {c['region_name_en']}", c["robot_density"]) for c in cities], target=r["target"]
+    )
     util_chart = bar_chart_svg(
-        [(f"{c['region_name']} {c['region_name_en']}", c["utilisation"]) for c in cities], percent=True)
+        [(f"{c['region_name']} {c['region_name_en']}", c["utilisation"]) for c in cities], percent=True
+    )
     movers = []
     for c in [r, *cities]:
         p = d.previous.get(c["region_code"])
         if p and p["robot_density"] is not None and c["robot_density"] is not None:
             movers.append((c["robot_density"] - p["robot_density"], c, p))
     movers.sort(key=lambda m: (-abs(m[0]), m[1]["region_code"]))
-    mover_rows = "".join(
-        "<tr>"
-        f"<td>{html.escape(c['region_name'])} {html.escape(c['region_name_en'])}</td>"
-        f'<td class="num">{_num(p["robot_density"])}</td><td class="num">{_num(c["robot_density"])}</td>'
-        f'<td class="num {"up" if delta > 0 else "down" if delta < 0 else ""}" data-key="density_change" '
-        f'data-region="{c["region_code"]}" data-value="{delta!r}">{delta:+.1f}</td>'
-        "</tr>" for delta, c, p in movers) or '<tr><td colspan="4">–</td></tr>'
+    mover_rows = (
+        "".join(
+            "<tr>"
+            f"<td>{html.escape(c['region_name'])} {html.escape(c['region_name_en'])}</td>"
+            f'<td class="num">{_num(p["robot_density"])}</td><td class="num">{_num(c["robot_density"])}</td>'
+            f'<td class="num {"up" if delta > 0 else "down" if delta < 0 else ""}" data-key="density_change" '
+            f'data-region="{c["region_code"]}" data-value="{delta!r}">{delta:+.1f}</td>'
+            "</tr>"
+            for delta, c, p in movers
+        )
+        or '<tr><td colspan="4">–</td></tr>'
+    )
     industry_rows = "".join(
         "<tr>"
         f"<td>{html.escape(i['industry_code'])} {html.escape(i['industry_name'])} "
@@ -255,9 +316,14 @@ def render_html(d: BulletinData, generated: datetime | None = None) -> str:
         + _cell("industry_density", i["industry_code"], i["robot_density"], _num(i["robot_density"]))
         + _cell("industry_robots", i["industry_code"], i["robot_count"], f"{i['robot_count']:,}")
         + _cell("industry_utilisation", i["industry_code"], i["utilisation"], _pct(i["utilisation"]))
-        + "</tr>" for i in d.industries if i["industry_code"] != "*")
-    gaps = "".join(f"<li>{html.escape(zh)}<br><span lang=\"en\">{html.escape(en)}</span></li>"
-                   for zh, en in d.gaps) or "<li>无 None.</li>"
+        + "</tr>"
+        for i in d.industries
+        if i["industry_code"] != "*"
+    )
+    gaps = (
+        "".join(f'<li>{html.escape(zh)}<br><span lang="en">{html.escape(en)}</span></li>' for zh, en in d.gaps)
+        or "<li>无 None.</li>"
+    )
     generated = generated or datetime.now().astimezone()
     name = f"{r['region_name']} {r['region_name_en']}"
     return f"""<!DOCTYPE html>
@@ -265,8 +331,8 @@ def render_html(d: BulletinData, generated: datetime | None = None) -> str:
 <title>{html.escape(name)} 机器人密度月报 Robot density bulletin {month_en}</title>
 <style>{_CSS}</style></head>
 <body>
-<h1>{html.escape(r['region_name'])}工业机器人密度月报 · {month_zh}</h1>
-<p class="sub">{html.escape(r['region_name_en'])} industrial robot density bulletin · {month_en}
+<h1>{html.escape(r["region_name"])}工业机器人密度月报 · {month_zh}</h1>
+<p class="sub">{html.escape(r["region_name_en"])} industrial robot density bulletin · {month_en}
  · 地区代码 region {code} · 统计期 period {d.month.isoformat()} – {(d.period_end.date()).isoformat()}</p>
 <section><h2>总体 Overview</h2><div class="kpis">{kpi_html}</div></section>
 <section><h2>各市密度与目标 Density by city against the target</h2>
@@ -294,6 +360,7 @@ EXECUTING time / calendar time, mean over reporting robots. Generated {generated
 
 # ----------------------------------------------------------------------------- files
 
+
 def find_chromium() -> str | None:
     for name in CHROMIUM_NAMES:
         found = shutil.which(name)
@@ -308,8 +375,13 @@ def chromium(args: list[str], timeout_s: float = 120) -> subprocess.CompletedPro
     if binary is None:
         raise FileNotFoundError("chromium")
     with tempfile.TemporaryDirectory(prefix="robodensity-chromium-") as profile:
-        return subprocess.run([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                              capture_output=True, text=True, timeout=timeout_s, check=False)
+        return subprocess.run(
+            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
 
 
 def print_pdf(html_path: Path, pdf_path: Path) -> bool:

@@ -16,8 +16,10 @@ from robodensity.errors import ConfigError, RoboDensityError
 console = Console()
 err_console = Console(stderr=True)
 
-app = typer.Typer(help="Grafana dashboards as code: build JSON and provisioning files, or push them "
-                  "to Grafana over its HTTP API.", no_args_is_help=True)
+app = typer.Typer(
+    help="Grafana dashboards as code: build JSON and provisioning files, or push them to Grafana over its HTTP API.",
+    no_args_is_help=True,
+)
 
 
 def _fail(exc: RoboDensityError) -> None:
@@ -40,15 +42,24 @@ def build(out: Path = typer.Option(Path("out/dashboards"), "--out", help="Folder
 @app.command("provision")
 def provision(
     url: str = typer.Option(..., "--url", help="Grafana base URL, e.g. https://grafana.example.cn"),
-    token_file: Path = typer.Option(..., "--token-file", exists=True, dir_okay=False,
-                                    help="File holding a Grafana service-account token."),
-    dir: Path | None = typer.Option(None, "--dir", exists=True, file_okay=False,
-                                    help="Push the dashboard JSON found here (as written by `build`) "
-                                    "instead of building it now."),
+    token_file: Path = typer.Option(
+        ..., "--token-file", exists=True, dir_okay=False, help="File holding a Grafana service-account token."
+    ),
+    dir: Path | None = typer.Option(
+        None,
+        "--dir",
+        exists=True,
+        file_okay=False,
+        help="Push the dashboard JSON found here (as written by `build`) instead of building it now.",
+    ),
     reader_url_file: Path | None = typer.Option(
-        None, "--reader-url-file", exists=True, dir_okay=False,
+        None,
+        "--reader-url-file",
+        exists=True,
+        dir_okay=False,
         help="File holding postgresql://reader:password@host:port/db for the read-only data source; "
-        "without it the data source is left as it is."),
+        "without it the data source is left as it is.",
+    ),
 ) -> None:
     """Create or update the folders, data source and dashboards through Grafana's HTTP API.
 
@@ -81,8 +92,7 @@ def provision(
     except RoboDensityError as exc:
         _fail(exc)
         return
-    for what, items in (("created", report.created), ("updated", report.updated),
-                        ("unchanged", report.unchanged)):
+    for what, items in (("created", report.created), ("updated", report.updated), ("unchanged", report.unchanged)):
         for item in items:
             console.print(f"{what:9} {item}")
     if not report.changed:
@@ -92,13 +102,14 @@ def provision(
 def bulletin(
     region: str = typer.Option(..., "--region", help="GB/T 2260 code of a province or city, e.g. 320000."),
     month: str = typer.Option(..., "--month", help="Calendar month YYYY-MM (China Standard Time)."),
-    out: Path = typer.Option(..., "--out", help="HTML file to write; a PDF is written beside it when "
-                             "headless Chromium is installed."),
-    config: Path | None = typer.Option(None, "--config", "-c", envvar="ROBODENSITY_CONFIG",
-                                       help="Settings file (TOML)."),
+    out: Path = typer.Option(
+        ..., "--out", help="HTML file to write; a PDF is written beside it when headless Chromium is installed."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", envvar="ROBODENSITY_CONFIG", help="Settings file (TOML)."
+    ),
     schema: str = typer.Option("robodensity", "--schema", help="Database schema."),
-    database_url: str | None = typer.Option(None, "--database-url",
-                                            help="Overrides database.url from the settings."),
+    database_url: str | None = typer.Option(None, "--database-url", help="Overrides database.url from the settings."),
     pdf: bool = typer.Option(True, "--pdf/--no-pdf", help="Also print a PDF when Chromium is available."),
 ) -> None:
     """Write the printable monthly bulletin: density against target by city, movers, coverage,

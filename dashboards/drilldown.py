@@ -77,7 +77,7 @@ DAILY_UTILISATION = f"""\
            count(DISTINCT rd.robot_id)::double precision AS reporting_robots
     FROM v_robot_daily rd
     JOIN v_factory_region fr ON fr.factory_id = rd.factory_id AND fr.region_code = '$region'
-    WHERE {p.day_filter('rd.day')} AND '$industry' IN ('*', fr.industry_code)
+    WHERE {p.day_filter("rd.day")} AND '$industry' IN ('*', fr.industry_code)
     GROUP BY rd.day
     ORDER BY 1"""
 

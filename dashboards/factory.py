@@ -35,7 +35,7 @@ UTILISATION_HEATMAP = f"""\
            rd.executing_s / NULLIF(rd.executing_s + rd.idle_s + rd.fault_s + rd.out_of_service_s
              + rd.offline_s, 0) AS utilisation
     FROM v_robot_daily rd JOIN v_robot_current r USING (robot_id)
-    WHERE rd.factory_id = '$factory' AND {p.day_filter('rd.day')}
+    WHERE rd.factory_id = '$factory' AND {p.day_filter("rd.day")}
     ORDER BY 1, 2"""
 
 STATE_HOURS = f"""\
@@ -44,7 +44,7 @@ STATE_HOURS = f"""\
            sum(rd.fault_s) / 3600 AS fault_h, sum(rd.out_of_service_s) / 3600 AS out_of_service_h,
            sum(rd.offline_s) / 3600 AS offline_h
     FROM v_robot_daily rd
-    WHERE rd.factory_id = '$factory' AND {p.day_filter('rd.day')}
+    WHERE rd.factory_id = '$factory' AND {p.day_filter("rd.day")}
     GROUP BY rd.day
     ORDER BY 1"""
 
@@ -101,7 +101,7 @@ UTILISATION = f"""\
     SELECT sum(rd.executing_s) / NULLIF(sum(rd.executing_s + rd.idle_s + rd.fault_s + rd.out_of_service_s
              + rd.offline_s), 0) AS utilisation
     FROM v_robot_daily rd
-    WHERE rd.factory_id = '$factory' AND {p.day_filter('rd.day')}"""
+    WHERE rd.factory_id = '$factory' AND {p.day_filter("rd.day")}"""
 
 ROBOTS = """\
     SELECT count(*) FILTER (WHERE in_operation) AS robot_count FROM v_robot_current WHERE factory_id = '$factory'"""
@@ -113,7 +113,7 @@ SUBSIDY_EVIDENCE = f"""\
              sum(rd.executing_s) / NULLIF(sum(rd.executing_s + rd.idle_s + rd.fault_s + rd.out_of_service_s
                + rd.offline_s), 0) AS utilisation
       FROM v_robot_daily rd
-      WHERE rd.factory_id = '$factory' AND {p.day_filter('rd.day')}
+      WHERE rd.factory_id = '$factory' AND {p.day_filter("rd.day")}
       GROUP BY rd.robot_id
     )
     SELECT rc.manufacturer, rc.serial, rc.model, rc.application,

@@ -77,8 +77,14 @@ def parse_interval(s: str) -> timedelta:
 def format_interval(d: timedelta) -> str:
     """gtime.FormatInterval: the largest whole unit (y, w, d, h, m, s) else ms."""
     ms = int(d.total_seconds() * 1000)
-    for unit, size in (("y", 31536000000), ("w", 604800000), ("d", 86400000), ("h", 3600000), ("m", 60000),
-                       ("s", 1000)):
+    for unit, size in (
+        ("y", 31536000000),
+        ("w", 604800000),
+        ("d", 86400000),
+        ("h", 3600000),
+        ("m", 60000),
+        ("s", 1000),
+    ):
         if ms >= size:
             return f"{ms // size}{unit}"
     return f"{ms}ms"
@@ -109,8 +115,14 @@ def _format(value: VarValue, var: Variable, fmt: str | None) -> str:
     raise MacroError(f"variable format {fmt!r} is not supported by this expander")
 
 
-def replace_variables(sql: str, variables: Mapping[str, Variable | VarValue], *, time_from: datetime,
-                      time_to: datetime, interval: timedelta) -> str:
+def replace_variables(
+    sql: str,
+    variables: Mapping[str, Variable | VarValue],
+    *,
+    time_from: datetime,
+    time_to: datetime,
+    interval: timedelta,
+) -> str:
     """Stage 1: template variables as the browser substitutes them. Unknown names stay as written."""
     builtins = {
         "__from": str(int(time_from.timestamp() * 1000)),
@@ -194,7 +206,7 @@ def interpolate_macros(sql: str, *, time_from: datetime, time_to: datetime) -> s
         if name == "__timeGroup":
             # Pre-5.3 compatibility, as Grafana does it: look at the first occurrence in the query.
             index = original.find(m.group(0))
-            if index >= 0 and original[index + len(m.group(0)):index + len(m.group(0)) + 1] == ",":
+            if index >= 0 and original[index + len(m.group(0)) : index + len(m.group(0)) + 1] == ",":
                 name = "__timeGroupAlias"
         args = [a.strip(" ") for a in m.group(2).split(",")]
         return _evaluate(name, args, time_from, time_to)
@@ -202,8 +214,14 @@ def interpolate_macros(sql: str, *, time_from: datetime, time_to: datetime) -> s
     return _MACRO_RE.sub(sub, sql)
 
 
-def expand(sql: str, variables: Mapping[str, Variable | VarValue] | None = None, *, time_from: datetime,
-           time_to: datetime, interval: timedelta = timedelta(hours=1)) -> str:
+def expand(
+    sql: str,
+    variables: Mapping[str, Variable | VarValue] | None = None,
+    *,
+    time_from: datetime,
+    time_to: datetime,
+    interval: timedelta = timedelta(hours=1),
+) -> str:
     """The SQL Grafana would send to PostgreSQL for ``sql`` with these variables, time range and interval."""
     if time_from.tzinfo is None or time_to.tzinfo is None:
         raise MacroError("time_from and time_to must be timezone-aware")

@@ -124,8 +124,10 @@ def day_filter(column: str) -> str:
     ``$__timeFilter(day)`` would compare a date with UTC timestamps and so take the wrong calendar
     day for eight hours of each day; this converts the range's ends to CST dates instead.
     """
-    return (f"{column} BETWEEN ($__timeFrom()::timestamptz AT TIME ZONE 'Asia/Shanghai')::date "
-            f"AND ($__timeTo()::timestamptz AT TIME ZONE 'Asia/Shanghai')::date")
+    return (
+        f"{column} BETWEEN ($__timeFrom()::timestamptz AT TIME ZONE 'Asia/Shanghai')::date "
+        f"AND ($__timeTo()::timestamptz AT TIME ZONE 'Asia/Shanghai')::date"
+    )
 
 
 # ----------------------------------------------------------------------------- variables

@@ -15,6 +15,7 @@ UID = "robodensity-province"
 TITLE = "Province overview 省级概览 — robot density"
 FOLDER = "departments"
 
+
 def _latest(column: str, alias: str) -> str:
     return f"""\
     WITH {p.LATEST_PERIOD.strip()}

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import psycopg
 
+from collector import rollups
 from metrics.density import region_ancestors, rollup
 from metrics.state_time import seconds_in_state, utilisation
 from metrics.states import EXECUTING, OFFLINE, STATES, state_codes
@@ -116,6 +117,7 @@ def compute(conn: psycopg.Connection, start: datetime, end: datetime, progress: 
     events = load_state_events(conn, day0, end)
     progress("computing time in state")
     _store_daily(conn, events, fleet, day0, end)
+    rollups.refresh(conn, start, end)  # 15-minute and daily seconds in state, for the dashboards
     window = robot_seconds(events, fleet.robot_id, start, end)[:, 0, :]
     progress("computing densities")
     rows = density_rows(fleet, window)

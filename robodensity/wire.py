@@ -311,6 +311,8 @@ def _load_object(payload: bytes) -> dict[str, Any]:
         raise WireError("payload", f"invalid UTF-8 at byte {exc.start}") from None
     try:
         doc = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise WireError("payload", "nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise WireError("payload", f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     if not isinstance(doc, dict):
@@ -351,7 +353,7 @@ def _decode_event(raw: object, now: datetime) -> Event:
         reading = Reading.of_state(robot, ts, _enum("state", State, raw.get("state")), quality)
     elif etype is EventType.COUNTER:
         value = raw.get("value")
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not _finite(value):
             raise WireError("value", f"must be a finite number; got {value!r}")
         reading = Reading.of_counter(robot, ts, _enum("counter", Counter, raw.get("counter")), float(value), quality)
     else:
@@ -369,6 +371,13 @@ def _decode_event(raw: object, now: datetime) -> Event:
             active,
         )
     return Event(int(seq), reading)  # type: ignore[arg-type]
+
+
+def _finite(x: float) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def _text(name: str, value: object, max_len: int = 128, allow_empty: bool = False) -> str:

@@ -50,8 +50,10 @@ def loaded(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
     try:
         with connect(pg_url, schema) as conn:
             load_province(conn, province, tmp_path_factory.mktemp("registry"), SEED, START, END)
-            conn.execute("DELETE FROM events WHERE robot_id IN (SELECT robot_id FROM robots WHERE serial = ANY(%s))",
-                         ([r.serial for r in silent],))
+            conn.execute(
+                "DELETE FROM events WHERE robot_id IN (SELECT robot_id FROM robots WHERE serial = ANY(%s))",
+                ([r.serial for r in silent],),
+            )
             conn.commit()
             metrics_job.compute(conn, START, FEB)
             metrics_job.compute(conn, FEB, END)
@@ -62,17 +64,23 @@ def loaded(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
 
 
 def _figures(page: str) -> dict[tuple[str, str], str]:
-    return {(m[0], m[1]): m[2] for m in re.findall(
-        r'data-key="([a-z_]+)" data-region="([^"]*)" data-value="([^"]*)"', page)}
+    return {
+        (m[0], m[1]): m[2] for m in re.findall(r'data-key="([a-z_]+)" data-region="([^"]*)" data-value="([^"]*)"', page)
+    }
 
 
 def test_bulletin_figures_match_the_database_and_the_simulation(loaded: Loaded, tmp_path: Path) -> None:
     out = tmp_path / "bulletin.html"
     with connect(loaded.url, loaded.schema) as conn:
         written = write_bulletin(conn, "320000", "2026-02", out, pdf=False)
-        db = {r[0]: r[1:] for r in conn.execute(
-            "SELECT region_code, robot_density, verified_density, coverage, utilisation, robot_count FROM v_density "
-            "WHERE industry_code = '*' AND period_start = %s AND period_end = %s", (FEB, END))}
+        db = {
+            r[0]: r[1:]
+            for r in conn.execute(
+                "SELECT region_code, robot_density, verified_density, coverage, utilisation, robot_count "
+                "FROM v_density WHERE industry_code = '*' AND period_start = %s AND period_end = %s",
+                (FEB, END),
+            )
+        }
     assert written == [out]
     page = out.read_text(encoding="utf-8")
     fig = _figures(page)
@@ -85,7 +93,8 @@ def test_bulletin_figures_match_the_database_and_the_simulation(loaded: Loaded, 
         facs = [f for f in prov.factories if f.region == code]
         robots = [r for f in facs for r in prov.robots_of(f.id)]
         assert float(fig[("robot_density", code)]) == pytest.approx(
-            len(robots) / sum(f.employees for f in facs) * 10_000)
+            len(robots) / sum(f.employees for f in facs) * 10_000
+        )
         _density, verified, coverage, utilisation, count = db[code]
         assert float(fig[("verified_density", code)]) == pytest.approx(verified)
         assert float(fig[("coverage", code)]) == pytest.approx(coverage)
@@ -101,8 +110,10 @@ def test_bulletin_figures_match_the_database_and_the_simulation(loaded: Loaded, 
 
 
 def test_bulletin_for_a_month_without_densities_says_what_to_run(loaded: Loaded, tmp_path: Path) -> None:
-    with connect(loaded.url, loaded.schema) as conn, pytest.raises(DatabaseError, match="metrics compute --from "
-                                                                   "2026-05-01 --to 2026-06-01"):
+    with (
+        connect(loaded.url, loaded.schema) as conn,
+        pytest.raises(DatabaseError, match="metrics compute --from 2026-05-01 --to 2026-06-01"),
+    ):
         write_bulletin(conn, "320000", "2026-05", tmp_path / "x.html")
     with pytest.raises(ConfigError):
         month_period("2026-13")
@@ -111,6 +122,7 @@ def test_bulletin_for_a_month_without_densities_says_what_to_run(loaded: Loaded,
 
 # ----------------------------------------------------------------------------- rendering in Chromium
 
+
 @pytest.fixture(scope="session")
 def chromium_available() -> str:
     found = find_chromium()
@@ -118,9 +130,13 @@ def chromium_available() -> str:
         return found
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         pytest.skip("headless Chromium is not installed and cannot be installed here (needs root and apt-get)")
-    res = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
-                         capture_output=True, text=True, check=False,
-                         env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    res = subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
     found = find_chromium()
     if res.returncode != 0 or not found:
         pytest.skip(f"apt-get install chromium failed: {(res.stderr or res.stdout).strip()[-300:]}")
@@ -133,8 +149,8 @@ def _png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
     pos, idat, width = 8, b"", 0
     height = channels = 0
     while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
         if kind == b"IHDR":
             width, height, depth, colour = struct.unpack(">IIBB", body[:10])
             assert depth == 8 and colour in (2, 6), (depth, colour)
@@ -148,7 +164,7 @@ def _png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
     prev = bytearray(stride)
     for y in range(height):
         f = raw[y * (stride + 1)]
-        line = bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        line = bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
         for i in range(stride):
             a = line[i - channels] if i >= channels else 0
             b = prev[i]
@@ -168,8 +184,9 @@ def _png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
     return width, height, rows
 
 
-def test_bulletin_renders_in_headless_chromium_and_is_not_blank(loaded: Loaded, tmp_path: Path,
-                                                                 chromium_available: str) -> None:
+def test_bulletin_renders_in_headless_chromium_and_is_not_blank(
+    loaded: Loaded, tmp_path: Path, chromium_available: str
+) -> None:
     out = tmp_path / "bulletin.html"
     with connect(loaded.url, loaded.schema) as conn:
         written = write_bulletin(conn, "320000", "2026-02", out, pdf=True)
@@ -181,8 +198,8 @@ def test_bulletin_renders_in_headless_chromium_and_is_not_blank(loaded: Loaded, 
     width, height, rows = _png_pixels(shot.read_bytes())
     assert (width, height) == (900, 1400)
     inked = sum(sum(1 for x in range(0, len(r), 3) if r[x] + r[x + 1] + r[x + 2] < 600) for r in rows[::4])
-    colours = {r[x:x + 3] for r in rows[::8] for x in range(0, len(r), 24)}
+    colours = {r[x : x + 3] for r in rows[::8] for x in range(0, len(r), 24)}
     assert inked > 0.01 * width * height / 4, "the screenshot is (nearly) blank"
     assert len(colours) > 8, "the screenshot has almost no colours: no charts rendered"
     # The bar colour of the density chart is on screen.
-    assert any(bytes((0x2F, 0x6D, 0xB5)) == r[x:x + 3] for r in rows for x in range(0, len(r), 3))
+    assert any(bytes((0x2F, 0x6D, 0xB5)) == r[x : x + 3] for r in rows for x in range(0, len(r), 3))

@@ -76,8 +76,6 @@ def loaded(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
 def _fleet_fixtures(conn: psycopg.Connection, province: Province) -> None:
     """Agents (one online with a backlog of 10), dead letters and one unregistered robot."""
     first = province.factories[0].id
-    # simulators/load.py bypasses the collector, which records every (agent, seq) in event_keys.
-    conn.execute("INSERT INTO event_keys (agent_id, seq, robot_id, ts) SELECT agent_id, seq, robot_id, ts FROM events")
     conn.execute(
         "INSERT INTO agents (agent_id, factory_id, first_seen, last_seen, acked_through) "
         "SELECT agent_id, min(factory_id), now() - interval '60 days', "
@@ -94,21 +92,28 @@ def _fleet_fixtures(conn: psycopg.Connection, province: Province) -> None:
         )
     rid = conn.execute(
         "INSERT INTO robots (manufacturer, serial, registered, first_seen) VALUES ('ACME', 'U-1', false, %s) "
-        "RETURNING robot_id", (START + timedelta(days=5),)).fetchone()[0]
+        "RETURNING robot_id",
+        (START + timedelta(days=5),),
+    ).fetchone()[0]
     conn.execute(
         "INSERT INTO events (agent_id, seq, robot_id, factory_id, ts, type, state) "
-        "VALUES ('sim-unknown', 1, %s, %s, %s, 'state', 'EXECUTING')", (rid, first, START + timedelta(days=5)))
+        "VALUES ('sim-unknown', 1, %s, %s, %s, 'state', 'EXECUTING')",
+        (rid, first, START + timedelta(days=5)),
+    )
 
 
 # ----------------------------------------------------------------------------- running panels
+
 
 def _variables(uid: str, loaded: Loaded) -> list[dict[str, str]]:
     period = f"{_z(FEB)}/{_z(END)}"
     city = loaded.province.regions[1].code
     return {
         "robodensity-province": [{"region": "320000"}],
-        "robodensity-drilldown": [{"region": "320000", "industry": "*", "period": period},
-                                  {"region": city, "industry": "36", "period": period}],
+        "robodensity-drilldown": [
+            {"region": "320000", "industry": "*", "period": period},
+            {"region": city, "industry": "36", "period": period},
+        ],
         "robodensity-factory": [{"factory": f.id} for f in loaded.province.factories[:2]],
         "robodensity-fleet": [{}],
     }[uid]
@@ -118,8 +123,9 @@ def _z(t: datetime) -> str:
     return macros.rfc3339nano(t)
 
 
-def run(loaded: Loaded, sql: str, variables: dict[str, str], time_from: datetime = START,
-        time_to: datetime = END) -> tuple[list[tuple[str, str]], list[tuple[Any, ...]]]:
+def run(
+    loaded: Loaded, sql: str, variables: dict[str, str], time_from: datetime = START, time_to: datetime = END
+) -> tuple[list[tuple[str, str]], list[tuple[Any, ...]]]:
     """Columns (name, type name) and rows of ``sql`` expanded as Grafana would expand it."""
     expanded = macros.expand(sql, variables, time_from=time_from, time_to=time_to)
     assert "$" not in expanded, f"unexpanded macro or variable in:\n{expanded}"
@@ -146,8 +152,9 @@ def _value(loaded: Loaded, uid: str, title: str, variables: dict[str, str], ref:
     return rows[0][0]
 
 
-def _check_shape(panel: dict[str, Any], target: dict[str, Any], cols: list[tuple[str, str]],
-                 rows: list[tuple[Any, ...]]) -> None:
+def _check_shape(
+    panel: dict[str, Any], target: dict[str, Any], cols: list[tuple[str, str]], rows: list[tuple[Any, ...]]
+) -> None:
     names = [c[0] for c in cols]
     types = dict(cols)
     kind = panel["type"]
@@ -213,6 +220,7 @@ def _panel_var(uid: str, name: str) -> str:
 
 # ----------------------------------------------------------------------------- values
 
+
 def test_province_density_equals_robots_per_10000_employees_of_the_simulation(loaded: Loaded) -> None:
     prov = loaded.province
     expected = len(prov.robots) / sum(f.employees for f in prov.factories) * 10_000
@@ -235,8 +243,9 @@ def test_province_density_equals_robots_per_10000_employees_of_the_simulation(lo
 
 
 def test_trend_projects_to_the_targets_due_date(loaded: Loaded) -> None:
-    cols, rows = run(loaded, _panel("robodensity-province", "Density trend")["targets"][0]["rawSql"],
-                     {"region": "320000"})
+    cols, rows = run(
+        loaded, _panel("robodensity-province", "Density trend")["targets"][0]["rawSql"], {"region": "320000"}
+    )
     names = [c[0] for c in cols]
     assert names == ["time", "robot_density", "target", "projection"]
     assert len(rows) == 3  # January, February, the due date
@@ -260,8 +269,9 @@ def test_drilldown_factories_match_the_registry(loaded: Loaded) -> None:
         assert got[f.id]["employee_count"] == f.employees
         assert got[f.id]["reporting_robots"] == len(prov.robots_of(f.id))
     industry = prov.factories[0].industry
-    cols, rows = run(loaded, _panel("robodensity-drilldown", "Factories")["targets"][0]["rawSql"],
-                     {**v, "industry": industry})
+    cols, rows = run(
+        loaded, _panel("robodensity-drilldown", "Factories")["targets"][0]["rawSql"], {**v, "industry": industry}
+    )
     assert {r[0] for r in rows} == {f.id for f in prov.factories if f.industry == industry}
 
 
@@ -280,7 +290,8 @@ def test_factory_utilisation_and_reliability_match_the_simulated_schedules(loade
     jan = [seconds_in_state(loaded.schedules[r.key], START, FEB) for r in robots]
     jan_util = sum(t[State.EXECUTING] for t in jan) / sum(sum(t.values()) for t in jan)
     assert _value(loaded, uid, "Utilisation 利用率", v, time_to=FEB - timedelta(microseconds=1)) == (
-        pytest.approx(jan_util))
+        pytest.approx(jan_util)
+    )
     truths = [seconds_in_state(loaded.schedules[r.key], START, END) for r in robots]
     executing = np.array([t[State.EXECUTING] for t in truths])
     assert _value(loaded, uid, "Robots in operation", v) == len(robots)
@@ -325,6 +336,7 @@ def test_fleet_health_counts_agents_backlog_dead_letters_and_unregistered_robots
 
 # ----------------------------------------------------------------------------- the JSON models
 
+
 def test_dashboards_round_trip_through_the_sdk_models() -> None:
     from grafana_foundation_sdk.models.dashboard import Dashboard
 
@@ -339,8 +351,7 @@ def test_uids_titles_and_panel_ids_are_unique_and_stable() -> None:
     models = build_all()
     titles = [m["title"] for m in models.values()]
     assert len(set(titles)) == len(titles)
-    assert set(models) == {"robodensity-province", "robodensity-drilldown", "robodensity-factory",
-                           "robodensity-fleet"}
+    assert set(models) == {"robodensity-province", "robodensity-drilldown", "robodensity-factory", "robodensity-fleet"}
     assert build_all() == models  # deterministic
     for uid, model in models.items():
         assert len(uid) <= 40
@@ -388,8 +399,14 @@ def test_compose_file_is_valid_yaml_with_the_services() -> None:
     grafana = services["grafana"]
     assert any("provisioning" in str(v) for v in grafana["volumes"])
     env = grafana["environment"]
-    for name in ("ROBODENSITY_PG_HOST", "ROBODENSITY_PG_PORT", "ROBODENSITY_PG_DATABASE", "ROBODENSITY_PG_SSLMODE",
-                 "ROBODENSITY_READER_USER", "ROBODENSITY_READER_PASSWORD"):
+    for name in (
+        "ROBODENSITY_PG_HOST",
+        "ROBODENSITY_PG_PORT",
+        "ROBODENSITY_PG_DATABASE",
+        "ROBODENSITY_PG_SSLMODE",
+        "ROBODENSITY_READER_USER",
+        "ROBODENSITY_READER_PASSWORD",
+    ):
         assert name in env, name
 
 
@@ -399,24 +416,39 @@ T0 = datetime.fromisoformat("2018-04-12T18:00:00+00:00")
 T1 = T0 + timedelta(minutes=5)
 
 
-@pytest.mark.parametrize(("sql", "expected"), [
-    # Cases from Grafana's pkg/tsdb/grafana-postgresql-datasource/macros_test.go
-    ("select $__time(time_column)", 'select time_column AS "time"'),
-    ("WHERE $__timeFilter(time_column)", "WHERE time_column BETWEEN '2018-04-12T18:00:00Z' AND '2018-04-12T18:05:00Z'"),
-    ("select $__timeFrom()", "select '2018-04-12T18:00:00Z'"),
-    ("select $__timeTo()", "select '2018-04-12T18:05:00Z'"),
-    ("SELECT $__timeGroup(time_column,'5m'), value",
-     'SELECT floor(extract(epoch from time_column)/300)*300 AS "time", value'),
-    ("SELECT $__timeGroup(time_column,'5m') as time, value",
-     "SELECT floor(extract(epoch from time_column)/300)*300 as time, value"),
-    ("SELECT $__timeGroupAlias(time_column,'5m')", 'SELECT floor(extract(epoch from time_column)/300)*300 AS "time"'),
-    ("$__timeGroup(time_column , '5m')", "floor(extract(epoch from time_column)/300)*300"),
-    ("select $__unixEpochFilter(time)", "select time >= 1523556000 AND time <= 1523556300"),
-    ("select $__unixEpochNanoFrom()", "select 1523556000000000000"),
-    ("SELECT $__unixEpochGroupAlias(time_column+time_adjustment,'5m')",
-     'SELECT floor((time_column+time_adjustment)/300)*300 AS "time"'),
-    ("select $__unixEpochFrom(), $__unixEpochTo()", "select 1523556000, 1523556300"),
-])
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        # Cases from Grafana's pkg/tsdb/grafana-postgresql-datasource/macros_test.go
+        ("select $__time(time_column)", 'select time_column AS "time"'),
+        (
+            "WHERE $__timeFilter(time_column)",
+            "WHERE time_column BETWEEN '2018-04-12T18:00:00Z' AND '2018-04-12T18:05:00Z'",
+        ),
+        ("select $__timeFrom()", "select '2018-04-12T18:00:00Z'"),
+        ("select $__timeTo()", "select '2018-04-12T18:05:00Z'"),
+        (
+            "SELECT $__timeGroup(time_column,'5m'), value",
+            'SELECT floor(extract(epoch from time_column)/300)*300 AS "time", value',
+        ),
+        (
+            "SELECT $__timeGroup(time_column,'5m') as time, value",
+            "SELECT floor(extract(epoch from time_column)/300)*300 as time, value",
+        ),
+        (
+            "SELECT $__timeGroupAlias(time_column,'5m')",
+            'SELECT floor(extract(epoch from time_column)/300)*300 AS "time"',
+        ),
+        ("$__timeGroup(time_column , '5m')", "floor(extract(epoch from time_column)/300)*300"),
+        ("select $__unixEpochFilter(time)", "select time >= 1523556000 AND time <= 1523556300"),
+        ("select $__unixEpochNanoFrom()", "select 1523556000000000000"),
+        (
+            "SELECT $__unixEpochGroupAlias(time_column+time_adjustment,'5m')",
+            'SELECT floor((time_column+time_adjustment)/300)*300 AS "time"',
+        ),
+        ("select $__unixEpochFrom(), $__unixEpochTo()", "select 1523556000, 1523556300"),
+    ],
+)
 def test_macros_expand_as_grafana_does(sql: str, expected: str) -> None:
     assert macros.expand(sql, time_from=T0, time_to=T1) == expected
 
@@ -433,14 +465,15 @@ def test_template_variables_are_quoted_as_the_sql_data_source_quotes_them() -> N
     assert macros.expand("x = '${region}'", single, time_from=T0, time_to=T1) == "x = '32''01'"
     assert macros.expand("x IN ($region)", multi, time_from=T0, time_to=T1) == "x IN ('320100','320200')"
     assert macros.expand("x IN ('${region:csv}')", multi, time_from=T0, time_to=T1) == "x IN ('320100,320200')"
-    assert macros.expand("x IN (${region:sqlstring})", multi, time_from=T0, time_to=T1) == (
-        "x IN ('320100','320200')")
+    assert macros.expand("x IN (${region:sqlstring})", multi, time_from=T0, time_to=T1) == ("x IN ('320100','320200')")
     assert macros.expand("x IN (${region:singlequote})", multi, time_from=T0, time_to=T1) == (
-        "x IN ('320100','320200')")
+        "x IN ('320100','320200')"
+    )
     assert macros.expand("[[region]] $__from", single, time_from=T0, time_to=T1) == "32''01 1523556000000"
 
 
 # ----------------------------------------------------------------------------- API provisioning
+
 
 class _Missing(Exception):
     pass

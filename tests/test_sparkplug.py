@@ -113,10 +113,14 @@ def every_robot_has_state(keys: list[str]) -> Callable[[list[Reading]], bool]:
 
 
 async def test_births_give_each_robot_its_identity_state_and_counter(broker_url: str, topic_prefix: str) -> None:
-    initial = {k: (T0 + timedelta(minutes=i, microseconds=1234), s)
-               for i, (k, s) in enumerate(zip(ROBOTS, [State.EXECUTING, State.FAULT, State.IDLE], strict=True))}
-    async with listening(cfg(broker_url, topic_prefix)) as (src, it), \
-            node(SparkplugRobots(broker_url, topic_prefix, "cell-1", ROBOTS, initial=initial)):
+    initial = {
+        k: (T0 + timedelta(minutes=i, microseconds=1234), s)
+        for i, (k, s) in enumerate(zip(ROBOTS, [State.EXECUTING, State.FAULT, State.IDLE], strict=True))
+    }
+    async with (
+        listening(cfg(broker_url, topic_prefix)) as (src, it),
+        node(SparkplugRobots(broker_url, topic_prefix, "cell-1", ROBOTS, initial=initial)),
+    ):
         got = await collect_until(it, every_robot_has_state(ROBOTS))
     for key, (ts, state) in initial.items():
         assert [(r.ts, r.state) for r in states(got, rid(key))] == [(ms(ts), state)]
@@ -128,12 +132,20 @@ async def test_births_give_each_robot_its_identity_state_and_counter(broker_url:
 async def test_identity_from_device_id_and_integer_state_codes(broker_url: str, topic_prefix: str) -> None:
     codes = {State.EXECUTING: 1, State.IDLE: 2, State.FAULT: 3, State.OUT_OF_SERVICE: 4, State.OFFLINE: 0}
     settings_ = cfg(
-        broker_url, topic_prefix,
+        broker_url,
+        topic_prefix,
         device_id_pattern=r"(?P<manufacturer>[^_]+)_(?P<serial>.+)",
         state_map={str(v): k for k, v in codes.items()},
     )
-    sim = SparkplugRobots(broker_url, topic_prefix, "cell-2", ROBOTS, state_codes=codes, identity_metrics=False,
-                          initial={k: (T0, State.FAULT) for k in ROBOTS})
+    sim = SparkplugRobots(
+        broker_url,
+        topic_prefix,
+        "cell-2",
+        ROBOTS,
+        state_codes=codes,
+        identity_metrics=False,
+        initial={k: (T0, State.FAULT) for k in ROBOTS},
+    )
     # "KUKA/KR 7" travels as device "KUKA_KR_7": the rule gives serial "KR_7"
     expected = {RobotId(*device_id_for(k).split("_", 1)) for k in ROBOTS}
     async with listening(settings_) as (src, it), node(sim):
@@ -185,14 +197,17 @@ async def test_data_delivers_every_state_change_in_order(broker_url: str, topic_
 @pytest.mark.parametrize("how", ["will", "clean stop"])
 async def test_node_death_takes_only_its_own_robots_offline(broker_url: str, topic_prefix: str, how: str) -> None:
     mine, others = ROBOTS[:2], ["ABB/IRB-9"]
-    async with listening(cfg(broker_url, topic_prefix)) as (_src, it), \
-            node(SparkplugRobots(broker_url, topic_prefix, "other", others)) as survivor:
+    async with (
+        listening(cfg(broker_url, topic_prefix)) as (_src, it),
+        node(SparkplugRobots(broker_url, topic_prefix, "other", others)) as survivor,
+    ):
         dying = SparkplugRobots(broker_url, topic_prefix, "dying", mine, bd_seq=41)
         async with node(dying):  # leaving it after drop() or stop() is a no-op
             got = await collect_until(it, every_robot_has_state(mine + others))
             await asyncio.to_thread(dying.drop if how == "will" else dying.stop)
-        got += await collect_until(it, lambda g: {r.robot for r in states(g) if r.state is State.OFFLINE}
-                                   >= {rid(k) for k in mine})
+        got += await collect_until(
+            it, lambda g: {r.robot for r in states(g) if r.state is State.OFFLINE} >= {rid(k) for k in mine}
+        )
         # a later change of the surviving node proves nothing else went OFFLINE in between
         survivor.publish_state(others[0], State.EXECUTING, NOW)
         got += await collect_until(it, lambda g: any(r.robot == rid(others[0]) for r in states(g)))
@@ -202,8 +217,10 @@ async def test_node_death_takes_only_its_own_robots_offline(broker_url: str, top
 
 
 async def test_device_death_takes_that_robot_offline(broker_url: str, topic_prefix: str) -> None:
-    async with listening(cfg(broker_url, topic_prefix)) as (_src, it), \
-            node(SparkplugRobots(broker_url, topic_prefix, "cell-4", ROBOTS)) as sim:
+    async with (
+        listening(cfg(broker_url, topic_prefix)) as (_src, it),
+        node(SparkplugRobots(broker_url, topic_prefix, "cell-4", ROBOTS)) as sim,
+    ):
         await collect_until(it, every_robot_has_state(ROBOTS))
         sim.publish_device_death(ROBOTS[1])
         got = await collect_until(it, lambda g: bool(states(g)))
@@ -214,8 +231,10 @@ async def test_device_death_takes_that_robot_offline(broker_url: str, topic_pref
 
 
 async def test_sequence_gap_makes_the_node_rebirth(broker_url: str, topic_prefix: str) -> None:
-    async with listening(cfg(broker_url, topic_prefix)) as (src, it), \
-            node(SparkplugRobots(broker_url, topic_prefix, "cell-5", ROBOTS)) as sim:
+    async with (
+        listening(cfg(broker_url, topic_prefix)) as (src, it),
+        node(SparkplugRobots(broker_url, topic_prefix, "cell-5", ROBOTS)) as sim,
+    ):
         await collect_until(it, every_robot_has_state(ROBOTS))
         sim.inject_gap(3)
         sim.publish_state(ROBOTS[0], State.FAULT, NOW)
@@ -333,8 +352,9 @@ def test_settings_name_what_is_wrong() -> None:
         cfg("mqtt://127.0.0.1:1883", "g", device_id_pattern="(?P<serial>.+)")
     with pytest.raises(ValidationError, match="url"):
         cfg("http://127.0.0.1", "g")
-    assert subscriptions("g") == [f"spBv1.0/g/{t}/+/#" for t in
-                                  ("NBIRTH", "NDATA", "NDEATH", "DBIRTH", "DDATA", "DDEATH")]
+    assert subscriptions("g") == [
+        f"spBv1.0/g/{t}/+/#" for t in ("NBIRTH", "NDATA", "NDEATH", "DBIRTH", "DDATA", "DDEATH")
+    ]
 
 
 # -- fuzzing -------------------------------------------------------------------------------
@@ -343,14 +363,27 @@ MESSAGE_TYPES = ["NBIRTH", "NDATA", "NDEATH", "DBIRTH", "DDATA", "DDEATH", "NCMD
 NODE_TOPICS = [topic_for("g", t, n) for t in ("NBIRTH", "NDATA", "NDEATH") for n in ("n1", "n2")]
 DEVICE_TOPICS = [topic_for("g", t, "n1", d) for t in ("DBIRTH", "DDATA", "DDEATH") for d in ("d1", "d2")]
 # mostly topics that reach the state machine, some that do not fit at all
-topics = st.sampled_from(NODE_TOPICS + DEVICE_TOPICS) | st.builds(
-    lambda t, node_, dev: f"spBv1.0/g/{t}/{node_}" + (f"/{dev}" if dev else ""),
-    st.sampled_from(MESSAGE_TYPES), st.sampled_from(["n1", "n2"]), st.sampled_from([None, "d1", "d2"]),
-) | st.text(max_size=40)
-names = st.sampled_from([
-    "Robot/State", "Identification/Manufacturer", "Identification/SerialNumber", BDSEQ_METRIC,
-    CYCLES_METRIC, REBIRTH_METRIC, "",
-]) | st.text(max_size=20)
+topics = (
+    st.sampled_from(NODE_TOPICS + DEVICE_TOPICS)
+    | st.builds(
+        lambda t, node_, dev: f"spBv1.0/g/{t}/{node_}" + (f"/{dev}" if dev else ""),
+        st.sampled_from(MESSAGE_TYPES),
+        st.sampled_from(["n1", "n2"]),
+        st.sampled_from([None, "d1", "d2"]),
+    )
+    | st.text(max_size=40)
+)
+names = st.sampled_from(
+    [
+        "Robot/State",
+        "Identification/Manufacturer",
+        "Identification/SerialNumber",
+        BDSEQ_METRIC,
+        CYCLES_METRIC,
+        REBIRTH_METRIC,
+        "",
+    ]
+) | st.text(max_size=20)
 u32, u64 = st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1)
 values = st.one_of(
     st.tuples(st.just("int_value"), u32),
@@ -389,14 +422,16 @@ def _good(name: str, alias: int, **value: Any) -> pb.Payload.Metric:
 
 
 # metrics that fit the mapping, so the fuzzing also reaches the readings
-good_metrics = st.sampled_from([
-    _good("Robot/State", 3, string_value="EXECUTING"),
-    _good("Robot/State", 3, string_value="FAULT"),
-    _good(CYCLES_METRIC, 4, long_value=7),
-    _good(BDSEQ_METRIC, 0, long_value=1),
-    pb.Payload.Metric(alias=3, string_value="IDLE"),
-    pb.Payload.Metric(alias=4, double_value=float("nan")),
-])
+good_metrics = st.sampled_from(
+    [
+        _good("Robot/State", 3, string_value="EXECUTING"),
+        _good("Robot/State", 3, string_value="FAULT"),
+        _good(CYCLES_METRIC, 4, long_value=7),
+        _good(BDSEQ_METRIC, 0, long_value=1),
+        pb.Payload.Metric(alias=3, string_value="IDLE"),
+        pb.Payload.Metric(alias=4, double_value=float("nan")),
+    ]
+)
 
 
 @st.composite
@@ -431,11 +466,10 @@ def test_arbitrary_bytes_never_crash_the_decoder(messages: list[tuple[str, bytes
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.booleans(), st.lists(st.tuples(topics, payloads()), min_size=1, max_size=12))
-def test_arbitrary_sparkplug_payloads_never_crash_the_decoder(
-    born: bool, messages: list[tuple[str, bytes]]
-) -> None:
-    host = _host(counter_metrics={CYCLES_METRIC: Counter.CYCLES},
-                 device_id_pattern=r"(?P<serial>d\d)", manufacturer="ACME")
+def test_arbitrary_sparkplug_payloads_never_crash_the_decoder(born: bool, messages: list[tuple[str, bytes]]) -> None:
+    host = _host(
+        counter_metrics={CYCLES_METRIC: Counter.CYCLES}, device_id_pattern=r"(?P<serial>d\d)", manufacturer="ACME"
+    )
     if born:  # start from a node and a robot that are known, as most messages in the field do
         host.handle(topic_for("g", "NBIRTH", "n1"), _nbirth(1), NOW)
         host.handle(topic_for("g", "DBIRTH", "n1", "d1"), _dbirth(1), NOW)

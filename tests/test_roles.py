@@ -1,0 +1,196 @@
+"""Roles on a real PostgreSQL: a collector that can only write telemetry, a reader that sees
+views only, department roles cut to their region by forced row-level security."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from collector.db import connect, drop_schema, migrate
+from collector.roles import create_department_role, role_names, url_as
+from collector.validate import Incoming
+from collector.write import Writer
+from robodensity import wire
+from robodensity.errors import DatabaseError
+from robodensity.wire import Batch, Event, Reading, RobotId, State
+from simulators.province import CitySpec, ProvinceSpec, generate
+from tests.helpers import import_province
+
+PROVINCE = generate(
+    ProvinceSpec(
+        cities=(CitySpec("320100", "南京市", "Nanjing", 2), CitySpec("320500", "苏州市", "Suzhou", 2)), robots=8
+    ),
+    seed=5,
+)
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture
+def province_schema(pg_url: str, schema: str, tmp_path: Path) -> str:
+    """The schema with the province imported and a density row and a robot day per region."""
+    import_province(PROVINCE, pg_url, schema, tmp_path)
+    with connect(pg_url, schema) as conn:
+        for code in ("320000", "320100", "320500"):
+            conn.execute(
+                "INSERT INTO density (region_code, industry_code, period_start, period_end, robot_count, "
+                "employee_count, verified_count, reporting_count) VALUES (%s, '*', %s, %s, 1, 100, 1, 1)",
+                (code, NOW - timedelta(days=1), NOW),
+            )
+        for factory in PROVINCE.factories:
+            robot = PROVINCE.robots_of(factory.id)[0]
+            conn.execute(
+                "INSERT INTO robot_daily SELECT robot_id, %s, %s, 3600, 0, 0, 0, 0 FROM robots "
+                "WHERE manufacturer = %s AND serial = %s",
+                (date(2026, 1, 5), factory.id, robot.manufacturer, robot.serial),
+            )
+        conn.commit()
+    return schema
+
+
+def _as(pg_url: str, schema: str, role: str) -> psycopg.Connection:
+    return connect(url_as(pg_url, role), schema)
+
+
+@pytest.fixture
+def reader(pg_url: str, province_schema: str) -> Iterator[psycopg.Connection]:
+    with _as(pg_url, province_schema, role_names(province_schema).reader) as conn:
+        yield conn
+
+
+def test_the_reader_reads_views(reader: psycopg.Connection) -> None:
+    assert reader.execute("SELECT count(*) FROM v_density").fetchone() == (3,)
+    assert reader.execute("SELECT count(*) FROM v_robot_daily").fetchone() == (len(PROVINCE.factories),)
+    assert reader.execute("SELECT count(*) FROM v_factories").fetchone() == (len(PROVINCE.factories),)
+    assert reader.execute("SELECT count(*) FROM v_dead_letters_by_reason").fetchone() == (0,)
+    assert reader.execute("SELECT count(*) FROM v_region_ancestors").fetchone()[0] > 0  # a later migration's view
+
+
+@pytest.mark.parametrize("table", ["events", "density", "robots", "factories", "dead_letters"])
+def test_the_reader_cannot_read_tables(reader: psycopg.Connection, table: str) -> None:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        reader.execute(f"SELECT * FROM {table}")
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO density (region_code, industry_code, period_start, period_end, robot_count, employee_count, "
+        "verified_count, reporting_count) VALUES ('320100', 'x', now(), now(), 1, 1, 1, 1)",
+        "DELETE FROM v_regions",
+        "UPDATE v_factories SET name = 'x'",
+        "CREATE TABLE mine (x int)",
+        "SELECT refresh_rollups(now() - interval '1 day', now())",
+    ],
+)
+def test_the_reader_cannot_write(reader: psycopg.Connection, statement: str) -> None:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        reader.execute(statement)
+
+
+@pytest.mark.parametrize(
+    ("region", "seen"),
+    [
+        ("320100", {"320100"}),
+        ("320500", {"320500"}),
+        ("320000", {"320000", "320100", "320500"}),
+    ],
+)
+def test_a_department_sees_only_its_region(pg_url: str, province_schema: str, region: str, seen: set[str]) -> None:
+    role = f"{province_schema}_dept_{region}"
+    with connect(pg_url, province_schema) as admin:
+        create_department_role(admin, province_schema, role, region)
+    with _as(pg_url, province_schema, role) as dept:
+        assert {r for (r,) in dept.execute("SELECT region_code FROM v_density")} == seen
+        factories = {f for (f,) in dept.execute("SELECT factory_id FROM v_factories")}
+        assert factories == {f.id for f in PROVINCE.factories if f.region in seen}
+        days = {f for (f,) in dept.execute("SELECT factory_id FROM v_robot_daily")}
+        assert days == factories
+        # Not the robot-level telemetry views, and not the tables behind the views.
+        for relation in ("v_state_intervals", "v_dead_letters_by_reason", "density", "events"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                dept.execute(f"SELECT * FROM {relation}")
+            dept.rollback()
+
+
+def test_a_department_role_for_an_unknown_region_is_refused(pg_url: str, province_schema: str) -> None:
+    with connect(pg_url, province_schema) as admin, pytest.raises(DatabaseError, match="not in the registry"):
+        create_department_role(admin, province_schema, f"{province_schema}_dept_x", "110000")
+
+
+@pytest.fixture
+def collector_conn(pg_url: str, province_schema: str) -> Iterator[psycopg.Connection]:
+    with _as(pg_url, province_schema, role_names(province_schema).collector) as conn:
+        yield conn
+
+
+def test_the_collector_role_writes_telemetry(collector_conn: psycopg.Connection) -> None:
+    factory = PROVINCE.factories[0]
+    robot = PROVINCE.robots_of(factory.id)[0]
+    events = (
+        Event(1, Reading.of_state(RobotId(robot.manufacturer, robot.serial), NOW, State.IDLE)),
+        Event(2, Reading.of_state(RobotId("NEWCO", "N-1"), NOW, State.EXECUTING)),
+    )
+    msg = Incoming(wire.uplink_topic(factory.id, "a1"), wire.encode_batch(Batch("a1", factory.id, events)))
+    writer = Writer(collector_conn)
+    result = writer.flush([msg, Incoming(msg.topic, b"{")])
+    assert (result.inserted, result.dead_letters, result.through) == (2, 1, {"a1": 2})
+    assert result.intervals == 2
+    again = writer.flush([msg])
+    assert again.duplicates == 2
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "ALTER TABLE events ADD COLUMN x int",
+        "DROP TABLE events",
+        "DROP VIEW v_density",
+        "TRUNCATE events",
+        "DELETE FROM events",
+        "UPDATE events SET state = 'IDLE'",
+        "CREATE TABLE mine (x int)",
+        "CREATE INDEX ON events (ts)",
+        "SELECT * FROM density",
+        "SELECT drop_event_partitions(interval '1 day')",
+    ],
+)
+def test_the_collector_role_cannot_alter_drop_or_read_metrics(
+    collector_conn: psycopg.Connection, statement: str
+) -> None:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        collector_conn.execute(statement)
+
+
+def test_the_owner_cannot_log_in(pg_url: str, province_schema: str) -> None:
+    with pytest.raises(DatabaseError, match="not permitted to log in"):
+        _as(pg_url, province_schema, role_names(province_schema).owner)
+
+
+def test_views_of_the_schema_belong_to_the_owner_so_row_security_applies(pg_url: str, province_schema: str) -> None:
+    with connect(pg_url, province_schema) as conn:
+        owners = {
+            o
+            for (o,) in conn.execute(
+                "SELECT DISTINCT relowner::regrole::text FROM pg_class "
+                "WHERE relnamespace = current_schema()::regnamespace AND relkind IN ('r', 'p', 'v')"
+            )
+        }
+    assert owners == {role_names(province_schema).owner}
+
+
+def test_dropping_the_schema_drops_its_roles(pg_url: str) -> None:
+    schema = f"t_drop_{uuid.uuid4().hex[:8]}"
+    migrate(pg_url, schema)
+    with connect(pg_url, schema) as admin:
+        admin.execute("INSERT INTO regions (code, name) VALUES ('320000', 'x')")
+        admin.commit()
+        create_department_role(admin, schema, f"{schema}_dept", "320000")
+    drop_schema(pg_url, schema)
+    with connect(pg_url, "public") as conn:
+        left = conn.execute("SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (schema,)).fetchall()
+    assert left == []
