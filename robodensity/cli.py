@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import signal
 import sys
@@ -61,6 +62,7 @@ ConfigOpt = typer.Option(
     envvar="ROBODENSITY_CONFIG",
     exists=False,
 )
+LogFormatOpt = typer.Option("text", "--log-format", help="text for a terminal, json for journald and log shippers.")
 SchemaOpt = typer.Option("robodensity", "--schema", help="Database schema holding every RoboDensity object.")
 
 
@@ -78,12 +80,35 @@ def friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def setup_logging(verbose: bool = False) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for journald and log shippers: time, level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
+
+
+def setup_logging(verbose: bool = False, fmt: str = "text") -> None:
+    if fmt not in ("text", "json"):
+        raise ConfigError(f"--log-format must be one of text, json; got {fmt!r}")
+    handler: logging.Handler
+    if fmt == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler = RichHandler(console=err_console, show_path=False)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
         datefmt="[%X]",
-        handlers=[RichHandler(console=err_console, show_path=False)],
+        handlers=[handler],
         force=True,
     )
     for noisy in ("asyncua", "opcua"):  # its warnings repeat per connection; ours say what matters
@@ -178,14 +203,18 @@ def demo(
 
 @edge_app.command("run")
 @friendly
-def edge_run(config: Path | None = ConfigOpt, verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+def edge_run(
+    config: Path | None = ConfigOpt,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    log_format: str = LogFormatOpt,
+) -> None:
     """Read the robots named in the settings and forward their events to the broker.
 
     Example: robodensity edge run --config /etc/robodensity/edge.toml
     """
     from edge.agent import EdgeAgent
 
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     settings = load_settings(config)
     url = broker_url(settings)
     agent = EdgeAgent(settings, url)
@@ -258,6 +287,7 @@ def collector_run(
     config: Path | None = ConfigOpt,
     schema: str = SchemaOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    log_format: str = LogFormatOpt,
 ) -> None:
     """Consume edge uplinks, store them once each, acknowledge what is committed.
 
@@ -265,7 +295,7 @@ def collector_run(
     """
     from collector.consume import Collector
 
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     settings = load_settings(config)
     collector = Collector(settings, database_url(settings), broker_url(settings), schema)
     stop = threading.Event()

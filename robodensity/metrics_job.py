@@ -24,6 +24,8 @@ from metrics.states import EXECUTING, OFFLINE, STATES, state_codes
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 """Days and months of the daily rollups are those of China Standard Time."""
 ALL_INDUSTRIES = "*"
+ACTIVE_WINDOW = timedelta(days=30)
+"""A robot is *verified* when it was EXECUTING in the period or in the 30 days before its end."""
 Progress = Callable[[str], None]
 
 
@@ -111,16 +113,18 @@ def robot_seconds(
 def compute(conn: psycopg.Connection, start: datetime, end: datetime, progress: Progress = lambda _: None) -> int:
     """Compute and store daily robot rollups and densities for [start, end); returns density rows written."""
     day0 = datetime.combine(start.astimezone(LOCAL_TZ).date(), datetime.min.time(), LOCAL_TZ)
+    verify_from = min(start, end - ACTIVE_WINDOW)
     progress("loading registry")
     fleet = load_fleet(conn, start, end)
     progress("loading state events")
-    events = load_state_events(conn, day0, end)
+    events = load_state_events(conn, min(day0, verify_from), end)
     progress("computing time in state")
     _store_daily(conn, events, fleet, day0, end)
     rollups.refresh(conn, start, end)  # 15-minute and daily seconds in state, for the dashboards
     window = robot_seconds(events, fleet.robot_id, start, end)[:, 0, :]
+    worked = robot_seconds(events, fleet.robot_id, verify_from, end)[:, 0, EXECUTING] > 0
     progress("computing densities")
-    rows = density_rows(fleet, window)
+    rows = density_rows(fleet, window, worked)
     with conn.transaction():
         conn.execute("DELETE FROM density WHERE period_start = %s AND period_end = %s", (start, end))
         conn.cursor().executemany(
@@ -149,11 +153,11 @@ def compute(conn: psycopg.Connection, start: datetime, end: datetime, progress: 
     return len(rows)
 
 
-def density_rows(fleet: Fleet, window: np.ndarray) -> list[dict[str, Any]]:
-    """One row per (region at every level, industry or '*'), from per-robot window seconds."""
+def density_rows(fleet: Fleet, window: np.ndarray, verified: np.ndarray) -> list[dict[str, Any]]:
+    """One row per (region at every level, industry or '*'), from per-robot window seconds and
+    whether each robot did real work (EXECUTING) in the verification window."""
     n_fac = len(fleet.factory_id)
     reporting = window[:, OFFLINE] < window.sum(axis=1)
-    verified = window[:, EXECUTING] > 0
     util = np.nan_to_num(utilisation(window)) * reporting
     on = fleet.robot_factory >= 0
     fac = fleet.robot_factory[on]

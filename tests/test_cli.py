@@ -113,3 +113,19 @@ def test_subsidy_evidence_counts_the_robots_before_and_after(filled: dict, pg_ur
         [programme] = evidence["programmes"]
         assert programme["robot_count"] == len(robots) - len(before)
         assert 0 < programme["utilisation"] < 1
+
+
+def test_json_logs_are_one_object_per_line() -> None:
+    import logging
+
+    from robodensity.cli import JsonFormatter
+
+    record = logging.LogRecord("edge.uplink", logging.WARNING, __file__, 1, "uplink lost (%s)", ("timeout",), None)
+    doc = json.loads(JsonFormatter().format(record))
+    assert doc["level"] == "warning" and doc["logger"] == "edge.uplink" and doc["msg"] == "uplink lost (timeout)"
+    assert doc["ts"].endswith("+00:00")
+
+
+def test_an_unknown_log_format_is_refused() -> None:
+    result = runner.invoke(app, ["collector", "run", "--log-format", "xml"])
+    assert result.exit_code == 2 and "--log-format must be one of text, json" in result.output
