@@ -12,7 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import paho.mqtt.client as mqtt
 
@@ -29,11 +29,14 @@ def topic_for(factory: str, serial: str = "+") -> str:
 class MqttRobots:
     """One MQTT connection publishing for many robots of one factory."""
 
-    def __init__(self, broker_url: str, factory: str, robot_keys: Sequence[str]) -> None:
+    def __init__(self, broker_url: str, factory: str, robot_keys: Sequence[str], clock_skew_s: float = 0.0) -> None:
         self.broker_url = broker_url
         self.factory = factory
         self.robot_keys = list(robot_keys)
+        self.clock_skew_s = clock_skew_s
+        """Fault injection: added to every timestamp the robots report (a controller clock off)."""
         self.published = 0
+        self._sent: list[tuple[str, bytes]] = []
         self._client: mqtt.Client | None = None
         self._last: mqtt.MQTTMessageInfo | None = None
 
@@ -55,11 +58,24 @@ class MqttRobots:
     def publish_state(self, robot_key: str, state: State, ts: datetime, retain: bool = True) -> None:
         assert self._client is not None, "use `with MqttRobots(...)` first"
         manufacturer, serial = robot_key.split("/", 1)
+        skewed = ts + timedelta(seconds=self.clock_skew_s)
         payload = json.dumps(
-            {"manufacturer": manufacturer, "serial": serial, "state": state.value, "ts": format_ts(ts)}
-        )
+            {"manufacturer": manufacturer, "serial": serial, "state": state.value, "ts": format_ts(skewed)}
+        ).encode()
         self._last = self._client.publish(topic_for(self.factory, serial), payload, qos=1, retain=retain)
+        self._sent.append((topic_for(self.factory, serial), payload))
         self.published += 1
+
+    def publish_garbage(self, serial: str, payload: bytes) -> None:
+        """Fault injection: anything at all on a robot's topic."""
+        assert self._client is not None, "use `with MqttRobots(...)` first"
+        self._last = self._client.publish(topic_for(self.factory, serial), payload, qos=1)
+
+    def replay_sent(self, last: int) -> None:
+        """Fault injection: publish the last ``last`` messages again, byte for byte."""
+        assert self._client is not None, "use `with MqttRobots(...)` first"
+        for topic, payload in self._sent[-last:]:
+            self._last = self._client.publish(topic, payload, qos=1)
 
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until the broker has acknowledged everything published so far."""

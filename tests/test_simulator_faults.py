@@ -1,0 +1,51 @@
+"""Fault injection from the MQTT robot simulator, seen by the edge's MQTT JSON source."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from edge.sources.mqtt_json import MqttJsonSource
+from robodensity.settings import MqttJsonSourceSettings
+from robodensity.wire import Reading, State
+from simulators.mqtt_robot import MqttRobots, topic_for
+from tests.helpers import wait_until_async
+
+
+async def test_garbage_skewed_clocks_and_replays_are_counted_not_fatal(broker_url: str) -> None:
+    factory = f"fz{uuid.uuid4().hex[:8]}"
+    keys = ["YASKAWA/Y1", "YASKAWA/Y2"]
+    source = MqttJsonSource(MqttJsonSourceSettings(url=broker_url, topic=topic_for(factory)))
+    got: list[Reading] = []
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    async def collect() -> None:
+        async for reading in source:
+            got.append(reading)
+
+    async with source:
+        await wait_until_async(source.subscribed.is_set, 10, "subscription")
+        task = asyncio.create_task(collect())
+        with (
+            MqttRobots(broker_url, factory, keys) as sim,
+            MqttRobots(broker_url, factory, keys, clock_skew_s=3600) as skewed,
+        ):
+            sim.publish_state(keys[0], State.EXECUTING, now - timedelta(minutes=2), retain=False)
+            sim.publish_garbage("Y1", b"\x00\xff not json")
+            sim.publish_garbage("Y1", b'{"manufacturer": "YASKAWA", "serial": "Y1", "state": "DANCING", "ts": "x"}')
+            skewed.publish_state(keys[1], State.IDLE, now, retain=False)  # an hour ahead: refused
+            sim.publish_state(keys[1], State.FAULT, now - timedelta(minutes=1), retain=False)
+            sim.replay_sent(2)  # both good messages once more
+            sim.flush()
+            skewed.flush()
+            await wait_until_async(lambda: len(got) >= 4 and source.bad_messages >= 3, 10, "all messages")
+        task.cancel()
+    assert source.bad_messages == 3
+    assert [(r.robot.key, r.state) for r in got] == [
+        (keys[0], State.EXECUTING),
+        (keys[1], State.FAULT),
+        (keys[0], State.EXECUTING),
+        (keys[1], State.FAULT),
+    ]
+    assert got[0] == got[2]  # a replay repeats a reading: a state at the same instant adds no time
