@@ -83,6 +83,14 @@ class OpcUaSourceSettings(_Section):
     watchdog_s: float = Field(10.0, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
 
+    @field_validator("private_key")
+    @classmethod
+    def _pem_key_named_pem(cls, v: Path | None) -> Path | None:
+        # asyncua reads a key as PEM only when the file name ends in .pem, otherwise as DER.
+        if v is not None and v.suffix != ".pem" and v.is_file() and v.read_bytes()[:11] == b"-----BEGIN ":
+            raise ValueError(f"{v} holds a PEM key: name it *.pem (the OPC UA library reads other names as DER)")
+        return v
+
     @field_validator("url")
     @classmethod
     def _opc_url(cls, v: str) -> str:

@@ -42,6 +42,14 @@ changing state and counters at 1 Hz with a subscriber in another process
 (bench/bench_simulators.py).
 With ``certificate``/``private_key`` the server offers only signed and encrypted
 endpoints (Basic256Sha256, Aes128_Sha256_RsaOaep, Aes256_Sha256_RsaPss).
+
+Access control, as a locked-down controller would have it: ``allow_anonymous=False``
+refuses anonymous sessions (BadIdentityTokenRejected at ActivateSession); ``users``
+(username -> password) accepts only those user names and passwords
+(BadUserAccessDenied otherwise); ``trusted_clients`` (a folder of client or CA
+certificates, with ``certificate``/``private_key``) refuses at CreateSession a client
+whose certificate is not trusted (BadCertificateUntrusted) or out of its validity
+period (BadCertificateTimeInvalid).
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import hmac
 import logging
 import re
 import socket
@@ -62,6 +71,11 @@ from types import TracebackType
 from typing import Any, Literal, cast
 
 from asyncua import Server, ua
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.crypto.truststore import TrustStore
+from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+from asyncua.server.internal_server import InternalServer
+from asyncua.server.user_managers import UserManager
 
 from edge.normalise import (
     EMERGENCY_STOP,
@@ -238,6 +252,43 @@ def _sanitise(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
+class _PasswordUsers(UserManager):
+    """Sessions for the listed user names with their passwords, and anonymous ones if allowed.
+
+    The server offers no X509 user identity token alongside this manager."""
+
+    def __init__(self, users: Mapping[str, str], allow_anonymous: bool) -> None:
+        self._users = {name: password.encode("utf-8") for name, password in users.items()}
+        self._allow_anonymous = allow_anonymous
+
+    def get_user(
+        self,
+        iserver: InternalServer,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> User | None:
+        # ``certificate`` is the secure channel's client certificate, whatever the token.
+        if username is None:  # an anonymous token (X509 tokens are not offered)
+            return User(role=UserRole.User) if self._allow_anonymous else None
+        expected = self._users.get(username)
+        given = (password or "").encode("utf-8")
+        if expected is None or not hmac.compare_digest(expected, given):
+            log.info("refused user %r: unknown user name or wrong password", username)
+            return None
+        return User(role=UserRole.User, name=username)
+
+
+async def _client_validator(folder: Path) -> CertificateValidator:
+    """Validity period and trust (directly, or through a CA in ``folder``) of client certificates."""
+    if not any(p.is_file() and p.suffix.lower() in (".pem", ".der") for p in folder.iterdir()):
+        raise ValueError(f"trusted_clients {folder} holds no certificate (.pem, .der)")
+    store = TrustStore([folder], [])
+    await store.load()
+    options = CertificateValidatorOptions.TIME_RANGE | CertificateValidatorOptions.TRUSTED
+    return CertificateValidator(options | CertificateValidatorOptions.PEER_CLIENT, store)
+
+
 class OpcUaController:
     """One simulated robot cell controller; ``async with`` starts and stops the server."""
 
@@ -251,14 +302,38 @@ class OpcUaController:
         *,
         certificate: Path | None = None,
         private_key: Path | None = None,
+        allow_anonymous: bool = True,
+        users: Mapping[str, str] | None = None,
+        trusted_clients: Path | None = None,
     ) -> None:
         """``certificate`` and ``private_key`` (PEM or DER; the certificate's URI SAN should be
         APPLICATION_URI): offer only Basic256Sha256, Aes128_Sha256_RsaOaep and
-        Aes256_Sha256_RsaPss with SignAndEncrypt instead of no security."""
+        Aes256_Sha256_RsaPss with SignAndEncrypt instead of no security.
+
+        ``allow_anonymous=False`` refuses anonymous sessions; it needs ``users``.
+        ``users`` (username -> password): only these may log in with a user name (without
+        it any user name and password is accepted, as before). With ``users`` no X509 user
+        identity token is offered. ``trusted_clients``: a folder of trusted client (or CA)
+        certificates, ``.pem``/``.der`` only (keys must not be in it), read at start; a
+        client whose certificate does not chain to one of them, or is outside its validity
+        period, is refused at CreateSession. It needs ``certificate``/``private_key``:
+        without security a client sends no certificate."""
         if (certificate is None) != (private_key is None):
             raise ValueError("give both certificate and private_key, or neither")
+        if not allow_anonymous and users is None:
+            raise ValueError("allow_anonymous=False needs users, or nobody could log in")
+        if users is not None and any(not name for name in users):
+            raise ValueError("users must not have an empty user name")
+        if trusted_clients is not None:
+            if certificate is None:
+                raise ValueError("trusted_clients needs certificate and private_key: an insecure client sends none")
+            if not trusted_clients.is_dir():
+                raise ValueError(f"trusted_clients {trusted_clients} is not a folder")
         self.certificate = certificate
         self.private_key = private_key
+        self.allow_anonymous = allow_anonymous
+        self.users: dict[str, str] | None = dict(users) if users is not None else None
+        self.trusted_clients = trusted_clients
         if variant not in ("robotics", "vendor"):
             raise ValueError(f"variant must be one of robotics, vendor; got {variant!r}")
         keys = [r.key for r in robots]
@@ -296,8 +371,14 @@ class OpcUaController:
         t0 = time.perf_counter()
         self._written = {}
         port = self.port or _free_port(self.host)
-        server = Server()
+        users = None if self.users is None else _PasswordUsers(self.users, self.allow_anonymous)
+        server = Server(user_manager=users)
         await server.init()
+        if self.users is not None:
+            tokens: list[type] = [ua.UserNameIdentityToken]
+            if self.allow_anonymous:
+                tokens.insert(0, ua.AnonymousIdentityToken)
+            server.set_identity_tokens(tokens)
         server.set_endpoint(f"opc.tcp://{self.host}:{port}")
         server.set_server_name(f"RoboDensity simulated controller {self.name}")
         await server.set_application_uri(APPLICATION_URI)
@@ -311,6 +392,8 @@ class OpcUaController:
                     ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
                 ]
             )
+            if self.trusted_clients is not None:
+                server.set_certificate_validator(await _client_validator(self.trusted_clients))
         else:
             server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         t1 = time.perf_counter()

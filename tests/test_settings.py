@@ -58,3 +58,12 @@ def test_the_sample_file_loads_with_its_commented_options_enabled(tmp_path: Path
     s = load_settings(path)
     assert s.edge.opcua[0].security_policy == "Basic256Sha256"
     assert s.edge.mqtt_json[0].state_map["RUN"].value == "EXECUTING"
+
+
+def test_a_pem_key_not_named_pem_is_refused_with_the_reason(tmp_path: Path) -> None:
+    key = tmp_path / "client.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n")
+    path = tmp_path / "s.toml"
+    path.write_text(f'[[edge.opcua]]\nurl = "opc.tcp://127.0.0.1:4840"\nprivate_key = "{key}"\n')
+    with pytest.raises(ConfigError, match=r"edge\.opcua\[0\]\.private_key .*name it \*\.pem"):
+        load_settings(path)

@@ -42,6 +42,9 @@ variables identify them, and rules from variable values to states.
 Security: with ``security_policy`` the client signs and encrypts with its
 ``certificate`` / ``private_key`` and accepts only a server whose certificate is in
 ``trust_dir`` (time range checked too). Without a policy only loopback URLs are allowed.
+A session the server refuses (anonymous login, user name or password, this client's
+certificate) or a server certificate not in ``trust_dir`` is a SourceConnectError that
+says which; it names the user, never the password.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from asyncua import Client, ua
+from asyncua.common.utils import ServiceError
 from asyncua.crypto import security_policies
 from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
@@ -250,8 +254,37 @@ async def _connect(settings: OpcUaSourceSettings) -> Client:
     except ConfigError:
         raise
     except Exception as exc:
-        raise SourceConnectError(settings.url) from exc
+        raise SourceConnectError(_refusal(settings, exc) or settings.url) from exc
     return client
+
+
+_AUTH_REFUSED = frozenset(
+    {
+        ua.StatusCodes.BadIdentityTokenRejected,
+        ua.StatusCodes.BadIdentityTokenInvalid,
+        ua.StatusCodes.BadUserAccessDenied,
+        ua.StatusCodes.BadUserSignatureInvalid,
+    }
+)
+
+
+def _refusal(settings: OpcUaSourceSettings, exc: Exception) -> str | None:
+    """Why the server (or this client) refused the session, for a status code that says so.
+
+    Names the user, never the password."""
+    if not isinstance(exc, ua.UaStatusCodeError):
+        return None
+    code = exc.code
+    name = ua.StatusCode(code).name
+    if code in _AUTH_REFUSED:
+        who = f"user {settings.username!r}" if settings.username is not None else "an anonymous session"
+        hint = "check username and password" if settings.username is not None else "the server may need a username"
+        return f"{settings.url}: authentication refused by the server for {who} ({name}); {hint}"
+    if name.startswith("BadCertificate") or code == ua.StatusCodes.BadSecurityChecksFailed:
+        if isinstance(exc.__cause__, ServiceError):  # raised by this client's own validator
+            return f"{settings.url}: the server's certificate is not in trust_dir {settings.trust_dir} ({name})"
+        return f"{settings.url}: the server refused this client's certificate {settings.certificate} ({name})"
+    return None
 
 
 async def _disconnect(client: Client) -> None:
