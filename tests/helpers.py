@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from collector.consume import Collector
 from collector.db import connect
 from collector.registry import import_registry
 from robodensity.settings import Settings
+from robodensity.wire import Reading
 from simulators.province import Province, write_registry_csv
 
 
@@ -68,3 +71,22 @@ def import_province(province: Province, pg_url: str, schema: str, folder: Path) 
     with connect(pg_url, schema) as conn:
         import_registry(conn, folder)
         conn.commit()
+
+
+async def collect_until(
+    it: AsyncIterator[Reading], done: Callable[[list[Reading]], bool], timeout: float = 10.0
+) -> list[Reading]:
+    """Readings from ``it`` until ``done(readings)``; fails after ``timeout`` seconds."""
+    got: list[Reading] = []
+
+    async def run() -> None:
+        async for reading in it:
+            got.append(reading)
+            if done(got):
+                return
+
+    try:
+        await asyncio.wait_for(run(), timeout)
+    except TimeoutError:
+        pytest.fail(f"condition not met within {timeout}s; got {len(got)} readings: {got[-5:]}")
+    return got

@@ -319,6 +319,40 @@ def test_factory_utilisation_and_reliability_match_the_simulated_schedules(loade
     assert {r[names.index("days_reported")] for r in rows} == {(END - START).days}
 
 
+def test_factory_state_timeline_shows_the_schedules_then_daily_states(loaded: Loaded) -> None:
+    from dashboards.factory import EXACT_TIMELINE
+
+    factory = loaded.province.factories[1]
+    schedules = {f"{r.manufacturer} {r.serial}": loaded.schedules[r.key] for r in loaded.province.robots_of(factory.id)}
+    sql = _panel("robodensity-factory", "Robot states")["targets"][0]["rawSql"]
+    v = {"factory": factory.id}
+
+    # A short range: every state change, and the state under way at the range's start.
+    t0, t1 = START + timedelta(days=9, hours=5, minutes=7), START + timedelta(days=11)
+    assert t1 - t0 <= timedelta(days=int(EXACT_TIMELINE.split()[0]))
+    _cols, rows = run(loaded, sql, v, time_from=t0, time_to=t1)
+    expected = []
+    for robot, sched in schedules.items():
+        before = [s for t, s in sched if t <= t0]
+        if before:
+            expected.append((t0, robot, before[-1].value))
+        expected += [(t, robot, s.value) for t, s in sched if t0 < t <= t1]
+    assert sorted(rows) == sorted(expected) and len(rows) > 2 * len(schedules)
+
+    # A long range: per robot and local day, the state it spent most time in, at the day's start.
+    _cols, rows = run(loaded, sql, v)
+    got = {(t, robot): state for t, robot, state in rows}
+    assert len(got) == len(rows) == len(schedules) * (END - START).days
+    order = list(STATE_COLOURS)
+    for robot, sched in schedules.items():
+        for d in range((END - START).days):
+            day = START + timedelta(days=d)
+            secs = seconds_in_state(sched, day, day + timedelta(days=1))
+            top = max(secs.values())
+            expected_state = min((s.value for s in secs if secs[s] == top), key=order.index)
+            assert got[(day, robot)] == expected_state, (robot, day, secs)
+
+
 def test_fleet_health_counts_agents_backlog_dead_letters_and_unregistered_robots(loaded: Loaded) -> None:
     uid = "robodensity-fleet"
     n_agents = len(loaded.province.factories)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from robodensity.settings import OpcUaSourceSettings
 from robodensity.wire import Counter, EventType, Quality, Reading, RobotId, State
 from simulators.behaviour import Profile, SimClock, state_schedule
 from simulators.opcua_controller import APPLICATION_URI, VENDOR_MAPPING_TOML, OpcUaController, SimRobot, _free_port
+from tests.helpers import collect_until
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 ROBOTS = [
@@ -55,25 +56,6 @@ async def vendor_cell() -> AsyncIterator[OpcUaController]:
 
 def settings(url: str, **kw: object) -> OpcUaSourceSettings:
     return OpcUaSourceSettings(url=url, **kw)  # type: ignore[arg-type]
-
-
-async def collect_until(
-    it: AsyncIterator[Reading], done: Callable[[list[Reading]], bool], timeout: float = 10.0
-) -> list[Reading]:
-    """Readings from ``it`` until ``done(readings)``; fails after ``timeout`` seconds."""
-    got: list[Reading] = []
-
-    async def run() -> None:
-        async for reading in it:
-            got.append(reading)
-            if done(got):
-                return
-
-    try:
-        await asyncio.wait_for(run(), timeout)
-    except TimeoutError:
-        pytest.fail(f"condition not met within {timeout}s; got {len(got)} readings: {got[-5:]}")
-    return got
 
 
 def states_of(readings: list[Reading], robot: RobotId) -> list[Reading]:

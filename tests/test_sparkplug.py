@@ -38,7 +38,7 @@ from edge.sources.sparkplug import (
 from robodensity.wire import Counter, EventType, Reading, RobotId, State
 from simulators.behaviour import Profile, SimClock, state_schedule
 from simulators.sparkplug_robot import CYCLES_METRIC, SparkplugRobots, device_id_for
-from tests.helpers import wait_until_async
+from tests.helpers import collect_until, wait_until_async
 
 ROBOTS = ["ACME/SN-001", "ACME/SN-002", "KUKA/KR 7"]
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -80,25 +80,6 @@ async def node(sim: SparkplugRobots) -> AsyncIterator[SparkplugRobots]:
         yield sim
     finally:
         await asyncio.to_thread(sim.stop)
-
-
-async def collect_until(
-    it: AsyncIterator[Reading], done: Callable[[list[Reading]], bool], timeout: float = 10.0
-) -> list[Reading]:
-    """Readings from ``it`` until ``done(readings)``; fails after ``timeout`` seconds."""
-    got: list[Reading] = []
-
-    async def run() -> None:
-        async for reading in it:
-            got.append(reading)
-            if done(got):
-                return
-
-    try:
-        await asyncio.wait_for(run(), timeout)
-    except TimeoutError:
-        pytest.fail(f"condition not met within {timeout}s; got {len(got)} readings: {got[-5:]}")
-    return got
 
 
 def states(readings: list[Reading], robot: RobotId | None = None) -> list[Reading]:
