@@ -448,6 +448,29 @@ def report_density(
         sys.stdout.write(as_text(rows, fmt))  # type: ignore[arg-type]
 
 
+@report_app.command("targets")
+@friendly
+def report_targets(
+    region: str = typer.Option(..., help="GB/T 2260 region code, e.g. 320000."),
+    industry: str = typer.Option("*", help="GB/T 4754 code, or * for all manufacturing."),
+    config: Path | None = ConfigOpt,
+    schema: str = SchemaOpt,
+) -> None:
+    """Progress toward the density target, the trend projected to the due date, and the month
+    the trend reaches the target (JSON). Needs densities for several periods.
+
+    Example: robodensity report targets --region 320000
+    """
+    from collector.db import connect
+    from robodensity.report import target_outlook
+
+    with connect(database_url(load_settings(config)), schema) as conn:
+        outlook = target_outlook(conn, region, industry)
+    if outlook is None:
+        raise RoboDensityError(f"no density with a target for region {region}; run `robodensity metrics compute`")
+    sys.stdout.write(json.dumps(outlook, ensure_ascii=False, indent=2) + "\n")
+
+
 @report_app.command("subsidy")
 @friendly
 def report_subsidy(

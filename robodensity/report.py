@@ -127,3 +127,39 @@ def subsidy_evidence(conn: psycopg.Connection, factory: str, since: date, until:
 
 def _finite(x: float) -> float | None:
     return None if x != x else float(x)
+
+
+def target_outlook(conn: psycopg.Connection, region: str, industry: str = "*") -> dict[str, Any] | None:
+    """Progress toward the region's density target, the linear trend of its density history
+    projected to the due date, and the month the trend reaches the target (metrics.targets)."""
+    import numpy as np
+
+    from metrics.targets import linear_trend, month_reached, target_progress, to_days
+
+    rows = conn.execute(
+        "SELECT period_end, robot_density, target, target_due FROM v_density "
+        "WHERE region_code = %s AND industry_code = %s AND robot_density IS NOT NULL ORDER BY period_end",
+        (region, industry),
+    ).fetchall()
+    if not rows or rows[-1][2] is None:
+        return None
+    t = np.array([r[0].replace(tzinfo=None) for r in rows], dtype="datetime64[us]")
+    values = np.array([r[1] for r in rows], dtype=float)
+    target, due = float(rows[-1][2]), np.datetime64(rows[-1][3], "D")
+    slope, intercept = linear_trend(t, values)
+    reached = month_reached(t, values, target, due)
+    projected = float(slope * to_days(due) + intercept)
+    return {
+        "region_code": region,
+        "industry_code": industry,
+        "periods": len(rows),
+        "latest": float(values[-1]),
+        "latest_at": rows[-1][0].isoformat(),
+        "target": target,
+        "due": str(due),
+        "progress": float(target_progress(values[-1], target)),
+        "trend_per_year": _finite(float(slope) * 365.25),
+        "projected_at_due": _finite(projected),
+        "month_reached": None if np.isnat(reached) else str(reached),
+        "on_track": bool(not np.isnat(reached) and reached <= due.astype("datetime64[M]")),
+    }

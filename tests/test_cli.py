@@ -129,3 +129,22 @@ def test_json_logs_are_one_object_per_line() -> None:
 def test_an_unknown_log_format_is_refused() -> None:
     result = runner.invoke(app, ["collector", "run", "--log-format", "xml"])
     assert result.exit_code == 2 and "--log-format must be one of text, json" in result.output
+
+
+def test_target_outlook_follows_the_density_trend(pg_url: str, schema: str, tmp_path: Path) -> None:
+    from robodensity.report import target_outlook
+
+    province = generate(ProvinceSpec(robots=30), seed=4)
+    end = datetime(2026, 11, 1, tzinfo=metrics_job.LOCAL_TZ)
+    with connect(pg_url, schema) as conn:
+        load_province(conn, province, tmp_path / "registry", 4, end - timedelta(days=3), end)
+        for d in (3, 2, 1):  # three daily periods: the same fleet, a flat trend
+            metrics_job.compute(conn, end - timedelta(days=d), end - timedelta(days=d - 1))
+        conn.execute("UPDATE targets SET due_date = '2030-12-31' WHERE scope_region = '320000'")
+        outlook = target_outlook(conn, "320000")
+    density = len(province.robots) / sum(f.employees for f in province.factories) * 1e4
+    assert outlook is not None and outlook["periods"] == 3
+    assert outlook["latest"] == pytest.approx(density)
+    assert outlook["progress"] == pytest.approx(density / 500)
+    assert outlook["trend_per_year"] == pytest.approx(0, abs=1e-6)
+    assert outlook["month_reached"] is None and outlook["on_track"] is False  # flat and below: never
