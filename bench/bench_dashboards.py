@@ -5,21 +5,26 @@ Run on demand (not part of the tests)::
     .venv/bin/python -m bench.bench_dashboards                     # 5,000 robots x 90 days
     .venv/bin/python -m bench.bench_dashboards --robots 500 --days 14 --repeat 10
     .venv/bin/python -m bench.bench_dashboards --database-url postgresql://... # reuse a server
+    .venv/bin/python -m bench.bench_dashboards --database-url postgresql://... --keep   # keep the schema
+    .venv/bin/python -m bench.bench_dashboards --database-url postgresql://... --schema bench_1a2b3c4d
+                                                              # time again on a kept schema, no load
 
 Starts a throwaway PostgreSQL (robodensity.embedded) unless given a URL, migrates a fresh
-schema, bulk-loads the province's registry and state events with simulators/load.py,
-computes the daily rollups and monthly densities with robodensity.metrics_job.compute (one
-calendar month at a time, to bound its memory), fills event_keys and agents as the
-collector would, then times each panel query expanded exactly as Grafana expands it
-(dashboards.macros). Also timed, in the same run and the same way: a trivial baseline
-(``SELECT 1``), so the ratio shows the cost of the query itself over the round trip.
+schema, bulk-loads the province's registry and state events with simulators/load.py (which
+also fills event_keys and state_intervals as the collector would), computes the daily and
+15-minute rollups and monthly densities with robodensity.metrics_job.compute (one calendar
+month at a time, to bound its memory), adds agents and dead letters, then times each panel
+query expanded exactly as Grafana expands it (dashboards.macros). Also timed, in the same
+run and the same way: a trivial baseline (``SELECT 1``), so the ratio shows the cost of the
+query itself over the round trip.
 
 Time ranges: the province and drill-down dashboards over the whole simulated period; the
 factory dashboard over its default (the last 7 days) and over the whole period; the fleet
 dashboard over its default (the last 24 hours).
 
-What is timed: execute + fetch of the expanded SQL on one warm connection [ms]; the first
-run of each query is a warm-up and not counted.
+What is timed: execute + fetch of the expanded SQL on one warm connection [ms], as the
+read-only ``{schema}_reader`` role Grafana uses (when the migrations could create it); the
+first run of each query is a warm-up and not counted.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
+import psycopg.sql
 
 from collector.db import connect, drop_schema, migrate
 from dashboards import macros
@@ -114,11 +120,7 @@ def load(url: str, schema: str, robots: int, days: int, seed: int) -> tuple[date
             conn.commit()
         print(f"metrics_job.compute (per month) in {time.perf_counter() - t0:.0f} s", flush=True)
         t0 = time.perf_counter()
-        conn.execute(
-            "INSERT INTO event_keys (agent_id, seq, robot_id, ts) "
-            "SELECT agent_id, seq, robot_id, ts FROM events ON CONFLICT DO NOTHING"
-        )
-        conn.execute(
+        conn.execute(  # event_keys and state_intervals: load_province fills them as the collector would
             "INSERT INTO agents (agent_id, factory_id, first_seen, last_seen, acked_through) "
             "SELECT agent_id, min(factory_id), min(ts), now() - interval '1 minute', max(seq) "
             "FROM events GROUP BY agent_id ON CONFLICT DO NOTHING"
@@ -131,9 +133,17 @@ def load(url: str, schema: str, robots: int, days: int, seed: int) -> tuple[date
         )
         conn.execute("ANALYZE")
         conn.commit()
-        print(f"event_keys, agents, dead letters, ANALYZE in {time.perf_counter() - t0:.0f} s", flush=True)
-        busiest = conn.execute("SELECT factory_id FROM v_factory_fleet ORDER BY robot_count DESC LIMIT 1").fetchone()[0]
-    return start, END, busiest, n_events
+        print(f"agents, dead letters, ANALYZE in {time.perf_counter() - t0:.0f} s", flush=True)
+    return start, END, busiest_factory(url, schema), n_events
+
+
+def busiest_factory(url: str, schema: str) -> str:
+    with connect(url, schema) as conn:
+        row = conn.execute(
+            "SELECT factory_id FROM v_factory_fleet ORDER BY robot_count DESC, factory_id LIMIT 1"
+        ).fetchone()
+    assert row is not None, "no factories loaded"
+    return str(row[0])
 
 
 def time_query(conn: psycopg.Connection, sql: str, repeat: int) -> tuple[int, list[float]]:
@@ -167,6 +177,9 @@ def run(url: str, schema: str, start: datetime, end: datetime, factory: str, rep
     }
     out: list[Timing] = []
     with connect(url, schema, autocommit=True) as conn:
+        reader = f"{schema}_reader"
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (reader,)).fetchone():
+            conn.execute(psycopg.sql.SQL("SET ROLE {}").format(psycopg.sql.Identifier(reader)))
         rows, samples = time_query(conn, "SELECT 1", repeat)
         out.append(Timing("baseline", "SELECT 1", "-", "-", rows, samples))
         for uid, model in build_all().items():
@@ -211,16 +224,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=20, help="timed runs per query (after one warm-up)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--database-url", help="an existing PostgreSQL to use instead of a throwaway one")
+    ap.add_argument("--keep", action="store_true", help="keep the loaded schema (with --database-url)")
+    ap.add_argument(
+        "--schema",
+        help="time the queries on this schema, loaded by an earlier run with --keep and the same --days "
+        "(with --database-url; migrates it first, so new views and indexes are timed too)",
+    )
     args = ap.parse_args(argv)
+    if (args.keep or args.schema) and not args.database_url:
+        ap.error("--keep and --schema need --database-url (the throwaway server goes with the run)")
     with contextlib.ExitStack() as stack:
         url = args.database_url or stack.enter_context(embedded_postgres())
-        schema = f"bench_{uuid.uuid4().hex[:8]}"
+        schema = args.schema or f"bench_{uuid.uuid4().hex[:8]}"
         migrate(url, schema)
         try:
-            start, end, factory, _ = load(url, schema, args.robots, args.days, args.seed)
+            if args.schema:
+                with connect(url, schema, autocommit=True) as conn:
+                    conn.execute("ANALYZE")
+                start, end, factory = END - timedelta(days=args.days), END, busiest_factory(url, schema)
+            else:
+                start, end, factory, _ = load(url, schema, args.robots, args.days, args.seed)
+            if args.keep:
+                print(f"schema {schema} kept: --schema {schema} times it again", flush=True)
             timings = run(url, schema, start, end, factory, args.repeat)
         finally:
-            if args.database_url:
+            if args.database_url and not (args.keep or args.schema):
                 drop_schema(url, schema)
     return 1 if report(timings) else 0
 

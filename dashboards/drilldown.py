@@ -71,15 +71,18 @@ FACTORIES = f"""\
 """Robots and headcount as registered today; utilisation and reporting robots over ``$period``."""
 
 DAILY_UTILISATION = f"""\
-    SELECT (rd.day::timestamp AT TIME ZONE 'Asia/Shanghai') AS "time",
-           avg(rd.executing_s / NULLIF(rd.executing_s + rd.idle_s + rd.fault_s + rd.out_of_service_s
-               + rd.offline_s, 0)) AS utilisation,
-           count(DISTINCT rd.robot_id)::double precision AS reporting_robots
-    FROM v_robot_daily rd
-    JOIN v_factory_region fr ON fr.factory_id = rd.factory_id AND fr.region_code = '$region'
-    WHERE {p.day_filter("rd.day")} AND '$industry' IN ('*', fr.industry_code)
+    SELECT (rd.day::timestamp AT TIME ZONE 'Asia/Shanghai') AS "time", avg(rd.utilisation) AS utilisation,
+           count(*)::double precision AS reporting_robots
+    FROM v_robot_daily_seconds rd
+    WHERE rd.factory_id IN (
+        SELECT fr.factory_id FROM v_factory_region fr
+        WHERE fr.region_code = '$region' AND '$industry' IN ('*', fr.industry_code)
+      )
+      AND {p.day_filter("rd.day")}
     GROUP BY rd.day
     ORDER BY 1"""
+"""Mean utilisation of the robots that reported each day, and how many did (one robot_daily row per
+robot and day, so counting rows counts distinct robots)."""
 
 
 def build() -> model.Dashboard:
