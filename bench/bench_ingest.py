@@ -47,7 +47,7 @@ import psycopg
 from collector.consume import DEFAULT_WRITERS, Collector
 from collector.db import connect, migrate
 from collector.validate import Incoming
-from collector.write import EVENT_COLUMNS, Committed, Writer
+from collector.write import COPY_TYPES, EVENT_COLUMNS, Committed, Writer
 from robodensity import wire
 from robodensity.embedded import embedded_mosquitto, embedded_postgres
 from robodensity.settings import load_settings
@@ -183,21 +183,7 @@ def copy_ceiling(db_url: str, limit: int) -> tuple[float, int]:
         rows = conn.execute(f"SELECT {cols} FROM events ORDER BY agent_id, seq LIMIT %s", (limit,)).fetchall()
         conn.execute("CREATE TABLE copy_ceiling (LIKE events INCLUDING DEFAULTS)")
         conn.commit()
-        types = [
-            "text",
-            "int8",
-            "int8",
-            "text",
-            "timestamptz",
-            "text",
-            "text",
-            "text",
-            "float8",
-            "text",
-            "text",
-            "bool",
-            "text",
-        ]
+        types = COPY_TYPES
         t = time.perf_counter()
         with conn.cursor() as cur, cur.copy(f"COPY copy_ceiling ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(types)

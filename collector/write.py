@@ -45,7 +45,7 @@ EVENT_COLUMNS = (
 )
 _COLS = ", ".join(EVENT_COLUMNS)
 _COMPARED = [c for c in EVENT_COLUMNS if c not in ("agent_id", "seq")]
-_COPY_TYPES = [
+COPY_TYPES = [
     "text",
     "int8",
     "int8",
@@ -325,7 +325,7 @@ class Writer:
         state_lo: dict[int, datetime] = {}
         n = 0
         with cur.copy(f"COPY staging_events ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(_COPY_TYPES)
+            copy.set_types(COPY_TYPES)
             write_row = copy.write_row
             for msg, rows in prepared.accepted:
                 parts = msg.topic.split("/")

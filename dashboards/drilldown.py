@@ -124,15 +124,7 @@ def build() -> model.Dashboard:
         p.table_panel(
             "Region and sub-regions 地区明细",
             CHILD_TABLE,
-            units={
-                "robot_density": "none",
-                "verified_density": "none",
-                "target": "none",
-                "target_progress": percent,
-                "coverage": percent,
-                "domestic_share": percent,
-                "utilisation": percent,
-            },
+            units=p.density_table_units(),
         )
     )
     d = d.with_row(p.row("Factories 企业"))

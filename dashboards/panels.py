@@ -345,3 +345,17 @@ def panels_of(dashboard_json: dict[str, Any]) -> typing.Iterator[dict[str, Any]]
             yield from p.get("panels", [])
         else:
             yield p
+
+
+def density_table_units() -> dict[str, str]:
+    """Units of the density tables' columns (province cities, drill-down sub-regions)."""
+    percent = "percentunit"
+    return {
+        "robot_density": "none",
+        "verified_density": "none",
+        "target": "none",
+        "target_progress": percent,
+        "coverage": percent,
+        "domestic_share": percent,
+        "utilisation": percent,
+    }

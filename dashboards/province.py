@@ -189,15 +189,7 @@ def build() -> model.Dashboard:
         p.table_panel(
             "Cities 城市明细",
             CITY_TABLE,
-            units={
-                "robot_density": "none",
-                "verified_density": "none",
-                "target": "none",
-                "target_progress": percent,
-                "coverage": percent,
-                "domestic_share": percent,
-                "utilisation": percent,
-            },
+            units=p.density_table_units(),
         )
     )
     return d.build()

@@ -18,9 +18,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from edge.sources.paho import PahoSource
 from robodensity import wire
-from robodensity.errors import SourceConnectError
-from robodensity.mqtt import broker_address, connect, make_client
+from robodensity.mqtt import broker_address, make_client
 from robodensity.settings import BrokerSettings, MqttJsonSourceSettings
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def parse_message(settings: MqttJsonSourceSettings, payload: bytes, now: datetim
     return wire.Reading.of_state(wire.RobotId(manufacturer, str(serial)), ts, state)
 
 
-class MqttJsonSource:
+class MqttJsonSource(PahoSource):
     def __init__(self, settings: MqttJsonSourceSettings, queue_max: int = 10_000) -> None:
         broker_address(settings.url)  # validates the URL; no network yet
         self.settings = settings
@@ -100,24 +100,8 @@ class MqttJsonSource:
 
         client.on_subscribe = on_subscribe
         client.on_message = on_message
-        try:
-            connect(
-                client,
-                broker,
-                self.settings.url,
-                clean_start=not persistent,
-                session_expiry_s=None if persistent else 0,
-            )
-        except OSError as exc:
-            raise SourceConnectError(self.settings.url) from exc
-        self._client = client
+        self._start(client, broker, clean_start=not persistent, session_expiry_s=None if persistent else 0)
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._client is not None:
-            self._client.disconnect()
-            self._client.loop_stop()
-            self._client = None
 
     async def __aiter__(self) -> AsyncIterator[wire.Reading]:
         assert self._queue is not None, "use `async with source:` first"

@@ -40,9 +40,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edge.sources import sparkplug_b_pb2 as pb
+from edge.sources.paho import PahoSource
 from robodensity import wire
-from robodensity.errors import SourceConnectError, SourceError
-from robodensity.mqtt import broker_address, connect, make_client
+from robodensity.errors import SourceError
+from robodensity.mqtt import broker_address, make_client
 from robodensity.settings import BrokerSettings, SparkplugSourceSettings
 
 log = logging.getLogger(__name__)
@@ -436,7 +437,7 @@ def _is_ident(v: object) -> bool:
 # ---------------------------------------------------------------- the source
 
 
-class SparkplugSource:
+class SparkplugSource(PahoSource):
     """Readings from the Sparkplug B edge nodes of one group.
 
     ``async with source:`` connects; ``async for reading in source:`` yields readings
@@ -484,18 +485,8 @@ class SparkplugSource:
         client.on_connect = on_connect
         client.on_subscribe = on_subscribe
         client.on_message = on_message
-        try:
-            connect(client, broker, self.settings.url, clean_start=True)
-        except OSError as exc:
-            raise SourceConnectError(self.settings.url) from exc
-        self._client = client
+        self._start(client, broker, clean_start=True)
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._client is not None:
-            self._client.disconnect()
-            self._client.loop_stop()
-            self._client = None
 
     async def __aiter__(self) -> AsyncIterator[wire.Reading]:
         assert self._queue is not None, "use `async with source:` first"
