@@ -11,6 +11,18 @@ Signals (OPC 40010-1 browse names; ``ParameterSet`` is the DI ParameterSet objec
     SafetyState.ParameterSet    OperationalMode (OperationalModeEnumeration),
                                 EmergencyStop (Boolean), ProtectiveStop (Boolean)
 
+and, where the server has them, the CurrentState (LocalizedText; its text is the state's
+browse name) of two state machines (:data:`STATE_MACHINE_SIGNALS`)::
+
+    MachineryItemState          OPC 40001-1 MachineryItemState_StateMachineType on the
+                                motion device (MachineryBuildingBlocks/MachineryItemState
+                                or Monitoring/Status/MachineryItemState): NotAvailable,
+                                OutOfService, NotExecuting, Executing
+    OperationState              OPC 40010-1 1.02 SystemOperationStateMachineType of the
+                                controller (Controller.SystemOperation.
+                                SystemOperationStateMachine; else the TaskControlStateMachine
+                                of TaskControl.TaskControlOperation): Idle, Ready, Executing
+
 The table, first matching row wins:
 
     ====  ===========================================================  ================
@@ -18,12 +30,33 @@ The table, first matching row wins:
     ====  ===========================================================  ================
     1     no signal known at all (empty, or every value ``None``)      OFFLINE
     2     EmergencyStop is true or ProtectiveStop is true              FAULT
-    3     OperationalMode is MANUAL_REDUCED_SPEED or MANUAL_HIGH_SPEED OUT_OF_SERVICE
-    4     OperationalMode is AUTOMATIC or AUTOMATIC_EXTERNAL, and      EXECUTING
+    3     MachineryItemState is known:                                 by its state:
+            NotAvailable                                               OFFLINE
+            OutOfService                                               OUT_OF_SERVICE
+            NotExecuting                                               IDLE
+            Executing                                                  EXECUTING (*)
+    4     OperationState is known:                                     by its state:
+            Executing                                                  EXECUTING (*)
+            Ready                                                      IDLE
+            Idle, and OperationalMode is MANUAL_*                      OUT_OF_SERVICE
+            Idle otherwise                                             IDLE
+    5     OperationalMode is MANUAL_REDUCED_SPEED or MANUAL_HIGH_SPEED OUT_OF_SERVICE
+    6     OperationalMode is AUTOMATIC or AUTOMATIC_EXTERNAL, and      EXECUTING
           OnPath, InControl and TaskProgramLoaded are true, and
           SpeedOverride > 0
-    5     anything else, including unknown or missing signals          IDLE
+    7     anything else, including unknown or missing signals          IDLE
     ====  ===========================================================  ================
+
+So a state machine, where the server has one, wins over the parameter signals (rows 3-4
+before 5-7; MachineryItemState before the Robotics one), but never over the safety
+signals: a fault is only ever seen in EmergencyStop / ProtectiveStop (both machines say
+NotExecuting / Idle for it). A state machine whose CurrentState is unknown (Bad status,
+or a text that is not one of its state names, e.g. a localised one) is skipped, so a
+server without state machines (Robotics 1.0) uses rows 5-7 as before.
+(*) A state machine's Executing is IDLE while one of OnPath, InControl, TaskProgramLoaded,
+SpeedOverride is present in the mapping with the value ``None`` (the server has the
+signal but its value is unknown, e.g. Bad): not provably executing, as in row 7. An
+absent key (the server has no such signal) does not count.
 
 A missing or unknown signal never satisfies a condition: a robot whose OnPath is
 unknown is IDLE, not EXECUTING (conservative: utilisation is never overstated).
@@ -31,6 +64,15 @@ unknown is IDLE, not EXECUTING (conservative: utilisation is never overstated).
 :data:`SIGNALS_FOR_STATE` is the same table in reverse: the signal values a simulator
 writes to express a state; ``derive_state(SIGNALS_FOR_STATE[s]) is s`` for every state
 but OFFLINE, which a controller expresses by not answering (or Bad status codes).
+:data:`STATE_MACHINES_FOR_STATE` is the reverse for the state machines (the simulator
+writes both tables; with both, every state, OFFLINE included, derives back)::
+
+    State            MachineryItemState   OperationState (SystemOperationStateMachine)
+    EXECUTING        Executing            Executing
+    IDLE             NotExecuting         Ready
+    FAULT            NotExecuting         Idle       (the fault is in the safety signals)
+    OUT_OF_SERVICE   OutOfService         Idle       (OperationalMode MANUAL_REDUCED_SPEED)
+    OFFLINE          NotAvailable         None       (a Bad status, as every signal)
 """
 
 from __future__ import annotations
@@ -63,7 +105,19 @@ STATE_SIGNALS = (
     SPEED_OVERRIDE,
     TASK_PROGRAM_LOADED,
 )
-"""The signals :func:`derive_state` reads."""
+"""The parameter signals :func:`derive_state` reads."""
+
+# State machines (their CurrentState), see the module docstring.
+MACHINERY_ITEM_STATE = "MachineryItemState"
+OPERATION_STATE = "OperationState"
+STATE_MACHINE_SIGNALS = (MACHINERY_ITEM_STATE, OPERATION_STATE)
+"""The state machine signals :func:`derive_state` also reads (their CurrentState)."""
+
+MACHINERY_ITEM_STATES = ("NotAvailable", "OutOfService", "NotExecuting", "Executing")
+"""MachineryItemState_StateMachineType's states (OPC 40001-1), by browse name."""
+OPERATION_STATES = ("Idle", "Ready", "Executing")
+"""OperationStateMachineType's states (OPC 40010-1 1.02), by browse name."""
+_MOTION_SIGNALS = (ON_PATH, IN_CONTROL, TASK_PROGRAM_LOADED, SPEED_OVERRIDE)
 
 # OperationalModeEnumeration (OPC 40010-1, i=3006 in the Robotics namespace).
 OPERATIONAL_MODES = {
@@ -120,6 +174,29 @@ SIGNALS_FOR_STATE: dict[State, dict[str, object]] = {
 }
 """State -> the signal values that express it (the table above in reverse)."""
 
+STATE_MACHINES_FOR_STATE: dict[State, dict[str, str | None]] = {
+    State.EXECUTING: {MACHINERY_ITEM_STATE: "Executing", OPERATION_STATE: "Executing"},
+    State.IDLE: {MACHINERY_ITEM_STATE: "NotExecuting", OPERATION_STATE: "Ready"},
+    State.FAULT: {MACHINERY_ITEM_STATE: "NotExecuting", OPERATION_STATE: "Idle"},
+    State.OUT_OF_SERVICE: {MACHINERY_ITEM_STATE: "OutOfService", OPERATION_STATE: "Idle"},
+    State.OFFLINE: {MACHINERY_ITEM_STATE: "NotAvailable", OPERATION_STATE: None},
+}
+"""State -> the CurrentState of each state machine that expresses it (None: Bad status)."""
+
+
+def state_name(value: object, names: Sequence[str]) -> str | None:
+    """A state machine's CurrentState (LocalizedText, or its text) -> one of ``names``.
+
+    Matches case-insensitively and ignoring spaces; None if unknown."""
+    text = getattr(value, "Text", value)
+    if not isinstance(text, str):
+        return None
+    key = text.replace(" ", "").replace("_", "").casefold()
+    for name in names:
+        if name.casefold() == key:
+            return name
+    return None
+
 
 def operational_mode_name(value: object) -> str | None:
     """``3``, ``"3"``, ``"AUTOMATIC"`` or an enum member -> ``"AUTOMATIC"``; None if unknown."""
@@ -145,16 +222,33 @@ def _is_true(value: object) -> bool:
 def derive_state(signals: Mapping[str, object]) -> State:
     """The canonical state of one robot from its OPC 40010 signals (see the module table).
 
-    signals : mapping of signal name (``OnPath``, ``OperationalMode``, ...) to its latest
-        value; ``None`` or an absent key means unknown. Other keys are ignored.
-    Returns the State; OFFLINE only when no state signal is known at all.
+    signals : mapping of signal name (``OnPath``, ``OperationalMode``, ``MachineryItemState``,
+        ...) to its latest value; ``None`` or an absent key means unknown (``None`` also
+        means the server has the signal, see row (*)). Other keys are ignored.
+    Returns the State; OFFLINE only when no state signal is known at all, or when
+    MachineryItemState is NotAvailable.
     """
-    known = {name: signals[name] for name in STATE_SIGNALS if signals.get(name) is not None}
+    known = {name: signals[name] for name in STATE_SIGNALS + STATE_MACHINE_SIGNALS if signals.get(name) is not None}
     if not known:
         return State.OFFLINE
     if _is_true(known.get(EMERGENCY_STOP)) or _is_true(known.get(PROTECTIVE_STOP)):
         return State.FAULT
     mode = operational_mode_name(known.get(OPERATIONAL_MODE))
+    # A state machine's Executing is not provable while a motion signal the server has is unknown.
+    executing = State.IDLE if any(n in signals and signals[n] is None for n in _MOTION_SIGNALS) else State.EXECUTING
+    machinery = state_name(known.get(MACHINERY_ITEM_STATE), MACHINERY_ITEM_STATES)
+    if machinery is not None:
+        return {
+            "NotAvailable": State.OFFLINE,
+            "OutOfService": State.OUT_OF_SERVICE,
+            "NotExecuting": State.IDLE,
+            "Executing": executing,
+        }[machinery]
+    operation = state_name(known.get(OPERATION_STATE), OPERATION_STATES)
+    if operation is not None:
+        if operation == "Executing":
+            return executing
+        return State.OUT_OF_SERVICE if operation == "Idle" and mode in _MANUAL else State.IDLE
     if mode in _MANUAL:
         return State.OUT_OF_SERVICE
     speed = known.get(SPEED_OVERRIDE)

@@ -525,7 +525,11 @@ def simulate_opcua(
     robots: int = typer.Option(10, min=1, max=5000, help="Motion devices in the simulated controller."),
     hours: float = typer.Option(8.0, help="Simulated hours to replay."),
     speed: float = typer.Option(60.0, help="Simulated seconds per wall second."),
-    variant: str = typer.Option("robotics", help="robotics: OPC 40010 model; vendor: vendor-named nodes only."),
+    variant: str = typer.Option(
+        "robotics",
+        help="robotics: OPC 40010 with state machines; robotics10: signals only (Robotics 1.0 style); "
+        "vendor: vendor-named nodes only.",
+    ),
     seed: int = typer.Option(1, help="Same seed, same robots doing the same things."),
 ) -> None:
     """Run a simulated robot controller (asyncua server with the OPC Foundation nodesets).
@@ -540,8 +544,8 @@ def simulate_opcua(
     from simulators.behaviour import SimClock, state_schedule
     from simulators.opcua_controller import OpcUaController, SimRobot
 
-    if variant not in ("robotics", "vendor"):
-        raise ConfigError(f"--variant must be one of robotics, vendor; got {variant!r}")
+    if variant not in ("robotics", "robotics10", "vendor"):
+        raise ConfigError(f"--variant must be one of robotics, robotics10, vendor; got {variant!r}")
     end = datetime.now(UTC)
     start = end - timedelta(hours=hours)
     sims = [SimRobot("SIMROBOT", f"SR{seed:02d}{i + 1:05d}", "SR-10") for i in range(robots)]

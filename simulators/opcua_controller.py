@@ -17,7 +17,35 @@ instance under ``Objects/DeviceSet`` with, per simulated robot:
                                         EmergencyStop, ProtectiveStop}
 
 with the Robotics references Controller -Controls-> MotionDevice, TaskControl
--Controls-> MotionDevice and Controller -HasSafetyStates-> SafetyState.
+-Controls-> MotionDevice and Controller -HasSafetyStates-> SafetyState, and two state
+machines per robot, written by ``set_state`` together with the signals::
+
+    Controllers/Controller_<Serial>/SystemOperation          SystemOperationType (HasAddIn)
+        /SystemOperationStateMachine                         SystemOperationStateMachineType
+            /CurrentState (LocalizedText), CurrentState/Id   (Robotics 1.02, OPC 40010-1)
+    MotionDevices/<Serial>/MachineryBuildingBlocks           FolderType (Machinery namespace)
+        /MachineryItemState                                  MachineryItemState_StateMachineType
+            /CurrentState (LocalizedText), CurrentState/Id   (HasAddIn; OPC 40001-1)
+
+The Robotics 1.02 nodeset models the operation state machine on the controller
+(``SystemOperation``, one per simulated robot here, as every robot has its own
+controller) and on the task control (``TaskControlOperation``, not simulated);
+MotionDeviceSystemType and MotionDeviceType have none. CurrentState's text is the state's
+browse name and its Id the NodeId of the state object in the type, as the nodesets model
+them. State -> CurrentState (:data:`edge.normalise.STATE_MACHINES_FOR_STATE`)::
+
+    State            MachineryItemState   SystemOperationStateMachine
+    EXECUTING        Executing            Executing
+    IDLE             NotExecuting         Ready      (program loaded, automatic, not moving)
+    FAULT            NotExecuting         Idle       (the fault is in EmergencyStop/ProtectiveStop)
+    OUT_OF_SERVICE   OutOfService         Idle       (OperationalMode MANUAL_REDUCED_SPEED)
+    OFFLINE          NotAvailable         Bad status (BadCommunicationError, as every signal)
+
+``set_state_machines`` writes the state machines alone (for tests in which they disagree
+with the signals).
+
+``variant="robotics10"`` is a Robotics 1.0-style server: the same address space without
+the two state machines (only the parameter signals).
 Instantiating the full types costs ~60 ms per robot, so the nodes are added in one
 AddNodes batch with the right type definitions and namespace-qualified browse names
 (only the mandatory children plus the optional signals above).
@@ -82,11 +110,16 @@ from edge.normalise import (
     EXECUTION_CONTINUOUS,
     EXECUTION_MODE,
     IN_CONTROL,
+    MACHINERY_ITEM_STATE,
+    MACHINERY_ITEM_STATES,
     ON_PATH,
+    OPERATION_STATE,
+    OPERATION_STATES,
     OPERATIONAL_MODE,
     PROTECTIVE_STOP,
     SIGNALS_FOR_STATE,
     SPEED_OVERRIDE,
+    STATE_MACHINES_FOR_STATE,
     STATE_SIGNALS,
     TASK_PROGRAM_LOADED,
     TASK_PROGRAM_NAME,
@@ -108,6 +141,7 @@ NODESETS = (
 )
 DI_NS = "http://opcfoundation.org/UA/DI/"
 ROBOTICS_NS = "http://opcfoundation.org/UA/Robotics/"
+MACHINERY_NS = "http://opcfoundation.org/UA/Machinery/"
 SIM_NS = "urn:robodensity:simulator:opcua"
 VENDOR_NS = "urn:robodensity:simulator:vendor"
 APPLICATION_URI = "urn:robodensity:simulator"
@@ -125,6 +159,13 @@ _OPERATIONAL_MODE_ENUM = 3006
 _EXECUTION_MODE_ENUM = 18191
 _MOTION_DEVICE_CATEGORY_ENUM = 18193
 _DI_DEVICE_SET = 5001
+_SYSTEM_OPERATION_TYPE = 1028
+_SYSTEM_OPERATION_STATE_MACHINE_TYPE = 1021
+_MACHINERY_ITEM_STATE_TYPE = 1002  # in the Machinery namespace
+# NodeIds of the state objects in the state machine types: CurrentState/Id of an instance.
+_OPERATION_STATE_IDS = {"Idle": 5030, "Ready": 5031, "Executing": 5032}  # Robotics ns
+_MACHINERY_ITEM_STATE_IDS = {"OutOfService": 5004, "NotAvailable": 5005, "Executing": 5006, "NotExecuting": 5007}
+VARIANTS = ("robotics", "robotics10", "vendor")
 
 MOTION_DEVICE_CATEGORIES = {
     "OTHER": 0,
@@ -297,7 +338,7 @@ class OpcUaController:
         robots: Sequence[SimRobot],
         host: str = "127.0.0.1",
         port: int = 0,
-        variant: Literal["robotics", "vendor"] = "robotics",
+        variant: Literal["robotics", "robotics10", "vendor"] = "robotics",
         name: str = "cell",
         *,
         certificate: Path | None = None,
@@ -334,8 +375,8 @@ class OpcUaController:
         self.allow_anonymous = allow_anonymous
         self.users: dict[str, str] | None = dict(users) if users is not None else None
         self.trusted_clients = trusted_clients
-        if variant not in ("robotics", "vendor"):
-            raise ValueError(f"variant must be one of robotics, vendor; got {variant!r}")
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
         keys = [r.key for r in robots]
         if len(set(keys)) != len(keys):
             raise ValueError("robots must have distinct manufacturer/serial pairs")
@@ -351,6 +392,8 @@ class OpcUaController:
         self._server: Server | None = None
         # robot key -> signal name -> NodeId of the variable that carries it
         self._nodes: dict[str, dict[str, ua.NodeId]] = {}
+        # robot key -> state machine signal -> (CurrentState/Id node, state name -> state NodeId)
+        self._state_ids: dict[str, dict[str, tuple[ua.NodeId, dict[str, ua.NodeId]]]] = {}
         # NodeId -> (value, status code) last written, to skip writes that change nothing
         self._written: dict[ua.NodeId, tuple[object, int]] = {}
         self.timings: dict[str, float] = {}
@@ -421,7 +464,7 @@ class OpcUaController:
         )
 
     async def _build(self, server: Server, t1: float) -> None:
-        if self.variant == "robotics":
+        if self.variant != "vendor":
             # The importer warns about every child whose parent a later model re-targets.
             importer_log = logging.getLogger("asyncua.common.xmlimporter")
             level = importer_log.level
@@ -449,8 +492,41 @@ class OpcUaController:
     async def _build_robotics(self, server: Server) -> None:
         rob = await server.get_namespace_index(ROBOTICS_NS)
         di = await server.get_namespace_index(DI_NS)
+        mach = await server.get_namespace_index(MACHINERY_NS)
         sim = await server.register_namespace(SIM_NS)
         builder = _Builder(sim)
+        with_state_machines = self.variant == "robotics"
+        operation_ids = {name: _node(i, rob) for name, i in _OPERATION_STATE_IDS.items()}
+        machinery_ids = {name: _node(i, mach) for name, i in _MACHINERY_ITEM_STATE_IDS.items()}
+        idle = STATE_MACHINES_FOR_STATE[State.IDLE]
+
+        def state_machine(
+            parent: ua.NodeId,
+            ident: str,
+            bname: ua.QualifiedName,
+            typedef: ua.NodeId,
+            key: str,
+            name: str,
+            ids: dict[str, ua.NodeId],
+        ) -> None:
+            """A state machine object with CurrentState and CurrentState/Id, added to parent (HasAddIn)."""
+            sm = builder.obj(parent, ident, bname, typedef, ref=ua.ObjectIds.HasAddIn)
+            initial = idle[name]
+            assert initial is not None
+            current = builder.prop(
+                sm,
+                ua.QualifiedName("CurrentState", 0),
+                ua.LocalizedText(initial),
+                ua.VariantType.LocalizedText,
+                _node(ua.ObjectIds.LocalizedText),
+                typedef=ua.ObjectIds.FiniteStateVariableType,
+            )
+            id_node = builder.prop(
+                current, ua.QualifiedName("Id", 0), ids[initial], ua.VariantType.NodeId, _node(ua.ObjectIds.NodeId)
+            )
+            self._nodes[key][name] = current
+            self._state_ids.setdefault(key, {})[name] = (id_node, ids)
+
         folder = _node(ua.ObjectIds.FolderType)
         device_set = _node(_DI_DEVICE_SET, di)
         system = builder.obj(
@@ -501,6 +577,19 @@ class OpcUaController:
             var(mps, ON_PATH, key, boolean)
             var(mps, IN_CONTROL, key, boolean)
             var(mps, SPEED_OVERRIDE, key, double)
+            if with_state_machines:
+                blocks = builder.obj(
+                    md, f"md.{tag}.MachineryBuildingBlocks", ua.QualifiedName("MachineryBuildingBlocks", mach), folder
+                )
+                state_machine(
+                    blocks,
+                    f"md.{tag}.MachineryItemState",
+                    ua.QualifiedName("MachineryItemState", mach),
+                    _node(_MACHINERY_ITEM_STATE_TYPE, mach),
+                    key,
+                    MACHINERY_ITEM_STATE,
+                    machinery_ids,
+                )
 
             ctl = builder.obj(
                 controllers,
@@ -517,6 +606,23 @@ class OpcUaController:
             )
             builder.prop(user, ua.QualifiedName("Level", rob), "operator", ua.VariantType.String)
             builder.obj(ctl, f"ctl.{tag}.Software", ua.QualifiedName("Software", rob), folder)
+            if with_state_machines:
+                sysop = builder.obj(
+                    ctl,
+                    f"ctl.{tag}.SystemOperation",
+                    ua.QualifiedName("SystemOperation", rob),
+                    _node(_SYSTEM_OPERATION_TYPE, rob),
+                    ref=ua.ObjectIds.HasAddIn,
+                )
+                state_machine(
+                    sysop,
+                    f"ctl.{tag}.SystemOperationStateMachine",
+                    ua.QualifiedName("SystemOperationStateMachine", rob),
+                    _node(_SYSTEM_OPERATION_STATE_MACHINE_TYPE, rob),
+                    key,
+                    OPERATION_STATE,
+                    operation_ids,
+                )
             cps = builder.obj(ctl, f"ctl.{tag}.ParameterSet", ua.QualifiedName("ParameterSet", di))
             var(cps, TOTAL_POWER_ON_TIME, key, _node(ua.ObjectIds.DurationString))
             var(cps, TOTAL_ENERGY_CONSUMPTION, key, double)
@@ -629,24 +735,74 @@ class OpcUaController:
         """Write the signals that express ``state``, all with SourceTimestamp ``ts``.
 
         OFFLINE writes BadCommunicationError to every state signal (values become null).
-        Signals that already have the value are left alone.
+        Signals that already have the value are left alone. On the default variant the
+        state machines are written first, in the same batch (see the module docstring).
         """
         server, nodes = self._require(robot_key)
-        table = SIGNALS_FOR_STATE if self.variant == "robotics" else VENDOR_SIGNALS_FOR_STATE
-        variants = _VARIANT if self.variant == "robotics" else _VENDOR_VARIANT
+        robotics = self.variant != "vendor"
+        table = SIGNALS_FOR_STATE if robotics else VENDOR_SIGNALS_FOR_STATE
+        variants = _VARIANT if robotics else _VENDOR_VARIANT
         writes: list[tuple[ua.NodeId, ua.Variant | None, ua.StatusCode | None]] = []
+        if robot_key in self._state_ids:
+            self._state_machine_writes(robot_key, STATE_MACHINES_FOR_STATE[state], writes)
         if state is State.OFFLINE:
-            names = STATE_SIGNALS if self.variant == "robotics" else tuple(_VENDOR_VARIANT)
+            names = STATE_SIGNALS if robotics else tuple(_VENDOR_VARIANT)
             bad = ua.StatusCode(cast(Any, ua.StatusCodes.BadCommunicationError))
             for name in names:
                 writes.append((nodes[name], None, bad))
         else:
             signals = dict(table[state])
-            if self.variant == "robotics":
+            if robotics:
                 loaded = signals[TASK_PROGRAM_LOADED]
                 signals[TASK_PROGRAM_NAME] = "MAIN" if loaded else ""
             for name, value in signals.items():
                 writes.append((nodes[name], ua.Variant(value, variants[name]), None))
+        await self._write(server, ts, writes)
+
+    def _state_machine_writes(
+        self,
+        robot_key: str,
+        states: Mapping[str, str | None],
+        writes: list[tuple[ua.NodeId, ua.Variant | None, ua.StatusCode | None]],
+    ) -> None:
+        """Append the CurrentState and CurrentState/Id writes for ``states`` (None: Bad)."""
+        nodes = self._nodes[robot_key]
+        for name, value in states.items():
+            id_node, ids = self._state_ids[robot_key][name]
+            if value is None:
+                bad = ua.StatusCode(cast(Any, ua.StatusCodes.BadCommunicationError))
+                writes += [(nodes[name], None, bad), (id_node, None, bad)]
+            else:
+                text = ua.Variant(ua.LocalizedText(value), ua.VariantType.LocalizedText)
+                writes += [(nodes[name], text, None), (id_node, ua.Variant(ids[value], ua.VariantType.NodeId), None)]
+
+    async def set_state_machines(
+        self,
+        robot_key: str,
+        ts: datetime,
+        machinery_item_state: str | None = None,
+        operation_state: str | None = None,
+    ) -> None:
+        """Write only the state machines' CurrentState (and Id), leaving the signals alone.
+
+        For tests in which the state machines disagree with the signals. ``None`` leaves
+        that state machine as it is. Names: ``edge.normalise.MACHINERY_ITEM_STATES`` and
+        ``OPERATION_STATES``. Only the default ``robotics`` variant has state machines.
+        """
+        server, _ = self._require(robot_key)
+        if robot_key not in self._state_ids:
+            raise NotImplementedError(f"the {self.variant} variant has no state machines")
+        states: dict[str, str | None] = {}
+        for name, value, allowed in (
+            (MACHINERY_ITEM_STATE, machinery_item_state, MACHINERY_ITEM_STATES),
+            (OPERATION_STATE, operation_state, OPERATION_STATES),
+        ):
+            if value is not None:
+                if value not in allowed:
+                    raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+                states[name] = value
+        writes: list[tuple[ua.NodeId, ua.Variant | None, ua.StatusCode | None]] = []
+        self._state_machine_writes(robot_key, states, writes)
         await self._write(server, ts, writes)
 
     async def set_bad(
@@ -658,7 +814,7 @@ class OpcUaController:
 
     async def set_counters(self, robot_key: str, ts: datetime, power_on_s: float, energy_wh: float) -> None:
         """Write TotalPowerOnTime (as an ISO 8601 DurationString) and TotalEnergyConsumption [Wh]."""
-        if self.variant != "robotics":
+        if self.variant == "vendor":
             raise NotImplementedError("the vendor variant has no counters")
         server, nodes = self._require(robot_key)
         power = ua.Variant(format_duration_s(power_on_s), ua.VariantType.String)

@@ -19,7 +19,15 @@ motion device. Namespace indexes always come from the server's namespace array.
 
 Readings:
 
-- state: derived by :func:`edge.normalise.derive_state` from the robot's signals,
+- state: derived by :func:`edge.normalise.derive_state` from the robot's signals and,
+  where the server has them, the CurrentState of its state machines (OPC 40001-1
+  MachineryItemState below the motion device: ``MachineryBuildingBlocks/
+  MachineryItemState``, ``Monitoring/Status/MachineryItemState`` or directly; OPC 40010-1
+  1.02 ``SystemOperation/SystemOperationStateMachine`` of its controller, else
+  ``TaskControlOperation/TaskControlStateMachine`` of its task control), found by browse
+  name with the namespace indexes from the namespace array. A state machine decides over
+  the parameter signals, the safety signals (FAULT) over both; without state machines
+  (Robotics 1.0) the signals alone (see the table in :mod:`edge.normalise`).
   emitted only when the (state, quality) pair changes; the first one after each
   (re)connect is always emitted. ``ts`` is the SourceTimestamp of the signal change.
   The notifications of one publish response are grouped per robot and timestamp and
@@ -75,10 +83,13 @@ from asyncua.crypto.validator import CertificateValidator, CertificateValidatorO
 from edge.normalise import (
     EMERGENCY_STOP,
     IN_CONTROL,
+    MACHINERY_ITEM_STATE,
     ON_PATH,
+    OPERATION_STATE,
     OPERATIONAL_MODE,
     PROTECTIVE_STOP,
     SPEED_OVERRIDE,
+    STATE_MACHINE_SIGNALS,
     STATE_SIGNALS,
     TASK_PROGRAM_LOADED,
     TOTAL_ENERGY_CONSUMPTION,
@@ -153,6 +164,10 @@ class DiscoveredRobot:
     node_path: str
     """Browse path from Objects, browse names without namespace: ``Objects/DeviceSet/...``."""
     node_id: str
+    state_machines: tuple[str, ...] = ()
+    """The state machines found for it (``MachineryItemState``, ``OperationState``, see
+    :data:`edge.normalise.STATE_MACHINE_SIGNALS`); empty: a Robotics 1.0-style server,
+    the state comes from the parameter signals alone."""
 
     @property
     def robot_id(self) -> RobotId:
@@ -176,6 +191,8 @@ class _Track:
     derive: Callable[[Mapping[str, Any]], State] = derive_state
     signals: dict[str, Any] = field(default_factory=dict)
     bad: set[str] = field(default_factory=set)
+    snapshot: dict[str, tuple[bool, Any]] = field(default_factory=dict)
+    """Signal -> (bad, value) of its (re)connect snapshot, until its first notification."""
     last: tuple[State, Quality] | None = None
     counters: dict[Counter, float] = field(default_factory=dict)
 
@@ -590,6 +607,7 @@ async def _discover_robotics(client: Client) -> list[_Found]:
     if ROBOTICS_NS not in namespaces or DI_NS not in namespaces:
         return []
     rob, di = namespaces.index(ROBOTICS_NS), namespaces.index(DI_NS)
+    mach = namespaces.index(MACHINERY_NS) if MACHINERY_NS in namespaces else None
     b = _Browser(client)
     system_types = await b.subtypes(_node(_MOTION_DEVICE_SYSTEM_TYPE, rob))
     device_types = await b.subtypes(_node(_MOTION_DEVICE_TYPE, rob))
@@ -667,6 +685,19 @@ async def _discover_robotics(client: Client) -> list[_Found]:
         return ua.QualifiedName(name, ns)
 
     ps = q("ParameterSet", di)
+    current = q("CurrentState", 0)
+    # Where a state machine may be, in order of preference (the first one found is used).
+    machinery_paths = (
+        [
+            [q("MachineryBuildingBlocks", mach), q("MachineryItemState", mach), current],
+            [q("Monitoring", mach), q("Status", mach), q("MachineryItemState", mach), current],
+            [q("MachineryItemState", mach), current],
+        ]
+        if mach is not None
+        else []
+    )
+    controller_operation = [q("SystemOperation", rob), q("SystemOperationStateMachine", rob), current]
+    task_operation = [q("TaskControlOperation", rob), q("TaskControlStateMachine", rob), current]
     wanted: list[tuple[int, str, ua.NodeId, list[ua.QualifiedName]]] = []
     results: list[_Found] = []
     for s in per_system:
@@ -685,7 +716,11 @@ async def _discover_robotics(client: Client) -> list[_Found]:
             wanted.append((n, "MotionDeviceCategory", dev, [q("MotionDeviceCategory", rob)]))
             for name in (ON_PATH, IN_CONTROL, SPEED_OVERRIDE):
                 wanted.append((n, name, dev, [ps, q(name, rob)]))
+            wanted += [(n, MACHINERY_ITEM_STATE, dev, path) for path in machinery_paths]
+            if ctl is not None:
+                wanted.append((n, OPERATION_STATE, ctl, controller_operation))
             if task is not None:
+                wanted.append((n, OPERATION_STATE, task, task_operation))
                 wanted.append((n, TASK_PROGRAM_LOADED, task, [ps, q(TASK_PROGRAM_LOADED, rob)]))
             if safety is not None:
                 for name in (OPERATIONAL_MODE, EMERGENCY_STOP, PROTECTIVE_STOP):
@@ -698,7 +733,9 @@ async def _discover_robotics(client: Client) -> list[_Found]:
     for (n, name, _, _), target in zip(wanted, nodes, strict=True):
         if target is None:
             continue
-        if name in STATE_SIGNALS or name in COUNTERS:
+        if name in STATE_MACHINE_SIGNALS:
+            results[n].signals.setdefault(name, target)
+        elif name in STATE_SIGNALS or name in COUNTERS:
             results[n].signals[name] = target
         else:
             ident_nodes.append((n, name, target))
@@ -718,6 +755,7 @@ async def _discover_robotics(client: Client) -> list[_Found]:
             category=_category(got.get("MotionDeviceCategory")),
             node_path=found.robot.node_path,
             node_id=found.robot.node_id,
+            state_machines=tuple(name for name in STATE_MACHINE_SIGNALS if name in found.signals),
         )
         out.append(_Found(robot, found.signals))
     return out
@@ -843,6 +881,7 @@ class OpcUaSource:
             track.derive = f.derive
             track.signals.clear()
             track.bad.clear()
+            track.snapshot.clear()
             track.last = None  # the first state after (re)connect is always emitted
             for name, node in f.signals.items():
                 watch[node].append((track, name))
@@ -932,7 +971,16 @@ class OpcUaSource:
             if not 0 <= handle < len(self._watch) or dv is None:
                 continue
             ts = _ts(dv)
+            bad = dv.StatusCode is not None and dv.StatusCode.is_bad()
+            seen = (bad, None if bad or dv.Value is None else dv.Value.Value)
             for track, name in self._watch[handle]:
+                if snapshot:
+                    track.snapshot[name] = seen
+                elif name in track.snapshot and track.snapshot.pop(name) == seen:
+                    # The monitored item's first notification (in arrival order) repeating the
+                    # snapshot: its timestamp may be newer than writes that follow it in the
+                    # same response, so applied in time order it would undo them; skip it.
+                    continue
                 per_robot[track.robot].append((ts, order, name, dv))
         out: list[Reading] = []
         for rid, updates in per_robot.items():
