@@ -42,7 +42,7 @@ def edge_link(broker_url: str) -> Iterator[FaultProxy]:
         yield proxy
 
 
-@pytest.mark.parametrize("seconds", [5, 30])
+@pytest.mark.parametrize("seconds", [5, 30, 120])
 async def test_a_partition_between_edge_and_broker(
     seconds: int, edge_link: FaultProxy, pg_url: str, broker_url: str, schema: str, tmp_path: Path
 ) -> None:
