@@ -205,6 +205,8 @@ def client_process(url: str, nodes: Sequence[str], conn: Connection) -> None:
 
 
 async def _client(url: str, nodes: Sequence[str], conn: Connection) -> None:
+    from edge.sources.opcua import monitored_item  # the same request the edge makes, nothing else of it
+
     client = Client(url, timeout=30)
     await client.connect()
     t_start = time.monotonic()
@@ -233,21 +235,7 @@ async def _client(url: str, nodes: Sequence[str], conn: Connection) -> None:
     result = await client.uaclient.create_subscription(params, on_publish)
     node_ids = [ua.NodeId.from_string(s) for s in nodes]
     for start in range(0, len(node_ids), 1000):
-        items = []
-        for handle in range(start, min(start + 1000, len(node_ids))):
-            rv = ua.ReadValueId()
-            rv.NodeId = node_ids[handle]
-            rv.AttributeId = ua.AttributeIds.Value
-            mp_ = ua.MonitoringParameters()
-            mp_.ClientHandle = handle
-            mp_.SamplingInterval = 0.0
-            mp_.QueueSize = 1000
-            mp_.DiscardOldest = True
-            req = ua.MonitoredItemCreateRequest()
-            req.ItemToMonitor = rv
-            req.MonitoringMode = ua.MonitoringMode.Reporting
-            req.RequestedParameters = mp_
-            items.append(req)
+        items = [monitored_item(node_ids[h], h, 1000) for h in range(start, min(start + 1000, len(node_ids)))]
         cp = ua.CreateMonitoredItemsParameters()
         cp.SubscriptionId = result.SubscriptionId
         cp.ItemsToCreate = items

@@ -13,8 +13,9 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -24,7 +25,7 @@ from edge.agent import EdgeAgent
 from robodensity.embedded import embedded_mosquitto, free_port, running_postgres
 from tests.faultproxy import FaultProxy
 from tests.helpers import wait_until_async
-from tests.rig import PacedSource, rig_settings, run_scenario, until_stored
+from tests.rig import Fault, Outcome, PacedSource, rig_settings, run_scenario, until_stored
 
 ROOT = Path(__file__).parent.parent
 
@@ -42,9 +43,33 @@ def edge_link(broker_url: str) -> Iterator[FaultProxy]:
         yield proxy
 
 
+OverLink = Callable[..., Awaitable[Outcome]]
+
+
+@pytest.fixture
+def over_edge_link(edge_link: FaultProxy, pg_url: str, broker_url: str, schema: str, tmp_path: Path) -> OverLink:
+    """run_scenario with the edge agent connected to the broker through ``edge_link``."""
+
+    async def run(name: str, fault: Fault, **options: Any) -> Outcome:
+        return await run_scenario(
+            name,
+            pg_url,
+            broker_url,
+            schema,
+            tmp_path,
+            fault,
+            edge_broker_url=f"mqtt://127.0.0.1:{edge_link.port}",
+            **options,
+        )
+
+    return run
+
+
 @pytest.mark.parametrize("seconds", [5, 30, 120])
 async def test_a_partition_between_edge_and_broker(
-    seconds: int, edge_link: FaultProxy, pg_url: str, broker_url: str, schema: str, tmp_path: Path
+    seconds: int,
+    edge_link: FaultProxy,
+    over_edge_link: OverLink,
 ) -> None:
     async def fault(agent: EdgeAgent, source: PacedSource) -> None:
         await until_stored(agent, 500)
@@ -52,44 +77,22 @@ async def test_a_partition_between_edge_and_broker(
         await asyncio.sleep(seconds)  # the outage itself
         edge_link.heal()
 
-    out = await run_scenario(
-        f"edge-broker partition {seconds} s",
-        pg_url,
-        broker_url,
-        schema,
-        tmp_path,
-        fault,
-        n=3000,
-        rate=3000 / (seconds + 4),
-        edge_broker_url=f"mqtt://127.0.0.1:{edge_link.port}",
-    )
+    out = await over_edge_link(f"edge-broker partition {seconds} s", fault, n=3000, rate=3000 / (seconds + 4))
     out.check()
 
 
-async def test_a_blackholed_link_between_edge_and_broker(
-    edge_link: FaultProxy, pg_url: str, broker_url: str, schema: str, tmp_path: Path
-) -> None:
+async def test_a_blackholed_link_between_edge_and_broker(edge_link: FaultProxy, over_edge_link: OverLink) -> None:
     async def fault(agent: EdgeAgent, source: PacedSource) -> None:
         await until_stored(agent, 500)
         edge_link.blackhole()
         await asyncio.sleep(8)
         edge_link.heal()
 
-    out = await run_scenario(
-        "edge-broker blackhole 8 s",
-        pg_url,
-        broker_url,
-        schema,
-        tmp_path,
-        fault,
-        edge_broker_url=f"mqtt://127.0.0.1:{edge_link.port}",
-    )
+    out = await over_edge_link("edge-broker blackhole 8 s", fault)
     out.check()
 
 
-async def test_a_flapping_link_between_edge_and_broker(
-    edge_link: FaultProxy, pg_url: str, broker_url: str, schema: str, tmp_path: Path
-) -> None:
+async def test_a_flapping_link_between_edge_and_broker(edge_link: FaultProxy, over_edge_link: OverLink) -> None:
     async def fault(agent: EdgeAgent, source: PacedSource) -> None:
         await until_stored(agent, 300)
         for _ in range(6):
@@ -98,15 +101,7 @@ async def test_a_flapping_link_between_edge_and_broker(
             edge_link.heal()
             await asyncio.sleep(0.7)
 
-    out = await run_scenario(
-        "edge-broker flapping 6x",
-        pg_url,
-        broker_url,
-        schema,
-        tmp_path,
-        fault,
-        edge_broker_url=f"mqtt://127.0.0.1:{edge_link.port}",
-    )
+    out = await over_edge_link("edge-broker flapping 6x", fault)
     out.check()
 
 
@@ -165,7 +160,7 @@ async def test_a_hung_broker_sigstop(pg_url: str, schema: str, tmp_path: Path) -
 
 
 async def test_an_expired_broker_session(
-    edge_link: FaultProxy, pg_url: str, broker_url: str, schema: str, tmp_path: Path
+    edge_link: FaultProxy, schema: str, tmp_path: Path, over_edge_link: OverLink
 ) -> None:
     settings = rig_settings(schema, tmp_path).model_copy(deep=True)
     settings = settings.model_copy(update={"broker": settings.broker.model_copy(update={"session_expiry_s": 1})})
@@ -176,16 +171,7 @@ async def test_an_expired_broker_session(
         await asyncio.sleep(4)  # longer than the session expiry: the broker forgets the ack subscription
         edge_link.heal()
 
-    out = await run_scenario(
-        "expired broker session",
-        pg_url,
-        broker_url,
-        schema,
-        tmp_path,
-        fault,
-        settings=settings,
-        edge_broker_url=f"mqtt://127.0.0.1:{edge_link.port}",
-    )
+    out = await over_edge_link("expired broker session", fault, settings=settings)
     out.check()
 
 
@@ -204,7 +190,7 @@ def _kill(port: int, sig: signal.Signals) -> None:
 
 
 async def test_a_full_outbox_drops_counters_and_keeps_every_state(
-    edge_link: FaultProxy, pg_url: str, broker_url: str, schema: str, tmp_path: Path
+    edge_link: FaultProxy, pg_url: str, schema: str, tmp_path: Path, over_edge_link: OverLink
 ) -> None:
     settings = rig_settings(schema, tmp_path, outbox_max_bytes=1 << 20)
     source = PacedSource(16_000, rate=4000, counter_every=4)  # 3 counters for every state change
@@ -215,17 +201,7 @@ async def test_a_full_outbox_drops_counters_and_keeps_every_state(
         assert agent.outbox.dropped_counters > 0
         edge_link.heal()
 
-    out = await run_scenario(
-        "full outbox (1 MiB, 16,000 events)",
-        pg_url,
-        broker_url,
-        schema,
-        tmp_path,
-        fault,
-        source=source,
-        settings=settings,
-        edge_broker_url=f"mqtt://127.0.0.1:{edge_link.port}",
-    )
+    out = await over_edge_link("full outbox (1 MiB, 16,000 events)", fault, source=source, settings=settings)
     assert out.backlog == 0 and out.stored == out.distinct < out.generated  # dropped counters never arrive
     with connect(pg_url, schema) as conn:
         states = conn.execute("SELECT count(*) FROM events WHERE type = 'state'").fetchone()[0]

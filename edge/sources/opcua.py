@@ -813,6 +813,25 @@ def _ts(dv: ua.DataValue) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
+def monitored_item(
+    node: ua.NodeId, handle: int, queue_size: int = MONITORED_QUEUE_SIZE
+) -> ua.MonitoredItemCreateRequest:
+    """A request to report every change of ``node``'s value, queued on the server, under ``handle``."""
+    rv = ua.ReadValueId()
+    rv.NodeId = node
+    rv.AttributeId = ua.AttributeIds.Value
+    mp = ua.MonitoringParameters()
+    mp.ClientHandle = handle
+    mp.SamplingInterval = 0.0  # report every change; the server queues them
+    mp.QueueSize = queue_size
+    mp.DiscardOldest = True
+    req = ua.MonitoredItemCreateRequest()
+    req.ItemToMonitor = rv
+    req.MonitoringMode = ua.MonitoringMode.Reporting
+    req.RequestedParameters = mp
+    return req
+
+
 class OpcUaSource:
     """Readings from the OPC 40010 robots of one OPC UA server (one controller or cell)."""
 
@@ -915,21 +934,7 @@ class OpcUaSource:
         self._stale_after_s = 3 * keepalive_s + self.settings.watchdog_s
         self._last_publish = time.monotonic()
         for start in range(0, len(nodes), _CHUNK):
-            items = []
-            for handle in range(start, min(start + _CHUNK, len(nodes))):
-                rv = ua.ReadValueId()
-                rv.NodeId = nodes[handle]
-                rv.AttributeId = ua.AttributeIds.Value
-                mp = ua.MonitoringParameters()
-                mp.ClientHandle = handle
-                mp.SamplingInterval = 0.0  # report every change; the server queues them
-                mp.QueueSize = MONITORED_QUEUE_SIZE
-                mp.DiscardOldest = True
-                req = ua.MonitoredItemCreateRequest()
-                req.ItemToMonitor = rv
-                req.MonitoringMode = ua.MonitoringMode.Reporting
-                req.RequestedParameters = mp
-                items.append(req)
+            items = [monitored_item(nodes[h], h) for h in range(start, min(start + _CHUNK, len(nodes)))]
             cp = ua.CreateMonitoredItemsParameters()
             cp.SubscriptionId = self._subscription_id
             cp.ItemsToCreate = items
