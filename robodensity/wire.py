@@ -125,8 +125,10 @@ class Reading:
         return cls(robot, ts, EventType.COUNTER, counter=counter, value=value, quality=quality)
 
     @classmethod
-    def of_alarm(cls, robot: RobotId, ts: datetime, code: str, text: str, active: bool) -> Reading:
-        return cls(robot, ts, EventType.ALARM, alarm_code=code, alarm_text=text, alarm_active=active)
+    def of_alarm(
+        cls, robot: RobotId, ts: datetime, code: str, text: str, active: bool, quality: Quality = Quality.GOOD
+    ) -> Reading:
+        return cls(robot, ts, EventType.ALARM, alarm_code=code, alarm_text=text, alarm_active=active, quality=quality)
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +371,7 @@ def _decode_event(raw: object, now: datetime) -> Event:
             _text("alarm.code", alarm.get("code")),
             _text("alarm.text", alarm.get("text"), 1000, True),
             active,
+            quality,
         )
     return Event(int(seq), reading)  # type: ignore[arg-type]
 

@@ -62,3 +62,84 @@ def test_registry_files_parse_or_report_the_line(tmp_path: Path, table, rows, he
     assert all(isinstance(line, int) and table.name in why for line, why in problems)
     if not header_ok:
         assert not good and problems
+
+
+# Each field of an uplink event: values the contract takes and values it refuses, or absent.
+_FIELD_VALUES = {
+    "seq": [1, 2, 2**63 - 1, 0, -1, 2**63, 1.0, True, "1", None],
+    "robot": [
+        {"manufacturer": "KUKA", "serial": "S1"},
+        {"manufacturer": "ABB", "serial": "x" * 128},
+        {"manufacturer": " ", "serial": "S1"},
+        {"manufacturer": "KUKA", "serial": "x" * 129},
+        {"manufacturer": "KUKA"},
+        {"manufacturer": "KUKA", "serial": 1},
+        [],
+        None,
+    ],
+    "ts": [
+        "2026-11-22T10:00:00Z",
+        "2026-11-22T10:00:00.123456+08:00",
+        "2026-11-22T10:00:00",
+        "2026-11-22 10:00:00+00:00",
+        "2026-11-23T00:06:00Z",
+        "1999-12-31T23:59:59Z",
+        "2026-13-01T00:00:00Z",
+        "now",
+        1700000000,
+    ],
+    "type": ["state", "counter", "alarm", "heartbeat", None, 1],
+    "state": ["EXECUTING", "IDLE", "OFFLINE", "RUNNING", "idle", None, 3],
+    "counter": ["cycles", "power_on_s", "energy_wh", "startups", "hours", None],
+    "value": [0, 1.5, -2.0, 10**20, 10**400, True, "1", None],
+    "alarm": [
+        {"code": "E1", "text": "", "active": True},
+        {"code": "E1", "text": "t", "active": 0},
+        {"code": " ", "text": "t", "active": False},
+        {"code": "E1", "active": False},
+        {"code": "E1", "text": "x" * 1001, "active": True},
+        "E1",
+    ],
+    "quality": ["good", "uncertain", "bad", "great", None],
+    "extra": [1, "x", None],
+}
+_BASE_EVENTS = [
+    {"type": "state", "state": "IDLE"},
+    {"type": "counter", "counter": "cycles", "value": 7},
+    {"type": "alarm", "alarm": {"code": "E1", "text": "door open", "active": True}},
+]
+_DELETE = object()
+
+
+@st.composite
+def _events(draw: st.DrawFn) -> dict:
+    """A valid event of some type with up to two fields replaced by other values or removed."""
+    event = {"seq": draw(st.integers(1, 9)), "robot": {"manufacturer": "KUKA", "serial": "S1"}}
+    event.update(ts="2026-11-22T10:00:00Z", **draw(st.sampled_from(_BASE_EVENTS)))
+    for name in draw(st.lists(st.sampled_from(sorted(_FIELD_VALUES)), max_size=2)):
+        value = draw(st.sampled_from([*_FIELD_VALUES[name], _DELETE]))
+        if value is _DELETE:
+            event.pop(name, None)
+        else:
+            event[name] = value
+    return event
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    events=st.lists(_events(), max_size=4),
+    head=st.fixed_dictionaries(
+        {}, optional={"v": st.sampled_from([1, 2, "1"]), "agent": st.sampled_from(["a1", "a 1", 5])}
+    ),
+)
+def test_the_collectors_fast_decoder_agrees_with_the_wire_module(events: list[dict], head: dict) -> None:
+    from collector.decode import event_to_row
+    from collector.validate import Incoming, validate_message, validate_rows
+    from robodensity import wire
+
+    doc = {"v": 1, "agent": "a1", "factory": "f1", **head, "events": events}
+    msg = Incoming(wire.uplink_topic("f1", "a1"), json.dumps(doc).encode())
+    reference = validate_message(msg, NOW)
+    fast = validate_rows(msg, NOW)
+    assert fast.rows == ([event_to_row(e) for e in reference.batch.events] if reference.batch else [])
+    assert fast.rejected == reference.rejected
