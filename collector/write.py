@@ -65,6 +65,16 @@ _INSERT_KEYS = (
     "INSERT INTO event_keys (agent_id, seq, robot_id, ts) "
     "SELECT agent_id, seq, robot_id, ts FROM staging_events ON CONFLICT DO NOTHING"
 )
+# The usual flush: each agent's sequence numbers lie beyond the highest it has stored, so no key
+# can be there already and the plain insert (half the cost of a speculative ON CONFLICT insert)
+# does; the unique key still guards it against another collector storing the same keys.
+_INSERT_KEYS_AHEAD = (
+    "INSERT INTO event_keys (agent_id, seq, robot_id, ts) SELECT agent_id, seq, robot_id, ts FROM staging_events"
+)
+_ALL_AHEAD = (
+    "SELECT coalesce(bool_and(f.lo > coalesce((SELECT max(k.seq) FROM event_keys k WHERE k.agent_id = f.agent_id), "
+    "0)), true) FROM unnest(%s::text[], %s::bigint[]) AS f(agent_id, lo)"
+)
 _INSERT_ALL = f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM staging_events"
 # When some keys were there already, or one flush holds a key more than once: the first copy
 # of each key whose key row this transaction wrote, i.e. whose key row has no event yet.
@@ -95,21 +105,26 @@ _ADVANCE = """
 WITH a AS (
     SELECT agent_id, acked_through AS t FROM agents WHERE agent_id = ANY(%(agents)s)
     ORDER BY agent_id FOR UPDATE
+), b AS (   -- this flush's own run from t + 1 on is committed: no need to read it back
+    SELECT a.agent_id, a.t, greatest(a.t, coalesce(max(f.hi) FILTER (WHERE f.lo <= a.t + 1), a.t)) AS base
+    FROM a LEFT JOIN unnest(%(ra)s::text[], %(lo)s::bigint[], %(hi)s::bigint[]) AS f(agent_id, lo, hi) USING (agent_id)
+    GROUP BY a.agent_id, a.t
 ), s AS (   -- per agent index range scans, whatever the planner thinks of the table sizes
-    SELECT a.agent_id, k.seq FROM a CROSS JOIN LATERAL (
-        SELECT seq FROM event_keys k WHERE k.agent_id = a.agent_id AND k.seq > a.t OFFSET 0) k
+    SELECT b.agent_id, k.seq FROM b CROSS JOIN LATERAL (
+        SELECT seq FROM event_keys k WHERE k.agent_id = b.agent_id AND k.seq > b.base OFFSET 0) k
     UNION
-    SELECT a.agent_id, d.seq FROM a CROSS JOIN LATERAL (
-        SELECT seq FROM dead_letters d WHERE d.agent_id = a.agent_id AND d.seq > a.t OFFSET 0) d
+    SELECT b.agent_id, d.seq FROM b CROSS JOIN LATERAL (
+        SELECT seq FROM dead_letters d WHERE d.agent_id = b.agent_id AND d.seq > b.base OFFSET 0) d
 ), r AS (
     SELECT agent_id, seq, seq - row_number() OVER (PARTITION BY agent_id ORDER BY seq) AS grp FROM s
 ), m AS (
-    SELECT r.agent_id, max(r.seq) AS through FROM r JOIN a USING (agent_id) WHERE r.grp = a.t GROUP BY r.agent_id
+    SELECT r.agent_id, max(r.seq) AS through FROM r JOIN b USING (agent_id) WHERE r.grp = b.base GROUP BY r.agent_id
+), n AS (
+    SELECT b.agent_id, b.t, coalesce(m.through, b.base) AS through FROM b LEFT JOIN m USING (agent_id)
 ), u AS (
-    UPDATE agents g SET acked_through = m.through FROM m WHERE g.agent_id = m.agent_id
-    RETURNING g.agent_id, g.acked_through
+    UPDATE agents g SET acked_through = n.through FROM n WHERE g.agent_id = n.agent_id AND n.through > n.t
 )
-SELECT a.agent_id, coalesce(u.acked_through, a.t) FROM a LEFT JOIN u USING (agent_id)
+SELECT agent_id, through FROM n
 """
 POISON_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
 _FIELD_INDEX = re.compile(r"\[[0-9]+\]")
@@ -300,7 +315,7 @@ class Writer:
             for r in rejected:
                 if r.agent and r.seq is not None:
                     out.seqs.setdefault((r.factory or "", r.agent), []).append(r.seq)
-            out.inserted, out.duplicates, out.conflicts = self._insert(cur, n_rows, dupes)
+            out.inserted, out.duplicates, out.conflicts = self._insert(cur, n_rows, dupes, out.seqs)
             if out.inserted and state_lo:
                 robots = sorted(state_lo)
                 cur.execute(
@@ -365,9 +380,24 @@ class Writer:
         return n, dupes, state_lo
 
     @staticmethod
-    def _insert(cur: psycopg.Cursor[Any], n_rows: int, dupes: bool) -> tuple[int, int, int]:
+    def _insert(
+        cur: psycopg.Cursor[Any], n_rows: int, dupes: bool, seqs: dict[tuple[str, str], list[int]]
+    ) -> tuple[int, int, int]:
         if not n_rows:
             return 0, 0, 0
+        if not dupes:
+            lows = sorted((agent, min(s)) for (_, agent), s in seqs.items() if s)
+            ahead = cur.execute(_ALL_AHEAD, ([a for a, _ in lows], [lo for _, lo in lows])).fetchone()
+            if ahead and ahead[0]:
+                try:
+                    with cur.connection.transaction():  # a savepoint, for the race below
+                        cur.execute(_INSERT_KEYS_AHEAD)
+                except psycopg.errors.UniqueViolation:
+                    log.info("another collector stored some of these keys meanwhile; skipping them")
+                else:
+                    cur.execute(_INSERT_ALL)
+                    cur.execute(_TRUNCATE)
+                    return n_rows, 0, 0
         cur.execute(_INSERT_KEYS_DEDUP if dupes else _INSERT_KEYS)
         inserted = cur.rowcount
         if inserted == n_rows:  # all new, the usual case: no join needed
@@ -415,7 +445,16 @@ class Writer:
             "ON CONFLICT (agent_id) DO UPDATE SET last_seen = EXCLUDED.last_seen",
             (now, [a for a, _ in agents], [f for _, f in agents]),
         )
-        cur.execute(_ADVANCE, {"agents": [a for a, _ in agents]})
+        runs = [(agent, lo, hi) for (_, agent), s in seqs.items() if agent for lo, hi in seq_ranges(s)]
+        cur.execute(
+            _ADVANCE,
+            {
+                "agents": [a for a, _ in agents],
+                "ra": [r[0] for r in runs],
+                "lo": [r[1] for r in runs],
+                "hi": [r[2] for r in runs],
+            },
+        )
         return {agent: int(through) for agent, through in cur.fetchall()}
 
 
