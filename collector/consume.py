@@ -10,7 +10,10 @@ Threads hand work to each other through bounded queues:
 - ``writers`` database threads, each with its own connection, write prepared batches in one
   transaction each and only after the commit acknowledge the MQTT messages (manual ack)
   and publish an Ack to each edge. Messages of one agent always go to the same database
-  thread, so one robot's state intervals are not rebuilt by two transactions at once.
+  thread;
+- the interval thread, with a connection of its own, turns the state events the commits
+  marked into state intervals every ``intervals_every_ms`` (Writer.build_intervals), many
+  flushes at once, and once more when the collector stops.
 
 So decoding the next batch overlaps the commits of the last ones. A database error (the server
 restarting, our backend terminated, a deadlock) rolls back; the database thread reconnects
@@ -31,6 +34,7 @@ import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -52,6 +56,7 @@ DEFAULT_WRITERS = 2
 and another is written (bench/bench_ingest.py --writers compares)."""
 RETRY_MIN_S = 0.2
 RETRY_MAX_S = 5.0
+T = TypeVar("T")
 _RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseError)
 
 
@@ -76,6 +81,8 @@ class CollectorStats:
     conflicts: int = 0
     dead_letters: int = 0
     flushes: int = 0
+    intervals: int = 0
+    """State intervals written by the interval stage."""
     db_retries: int = 0
     broker_connects: int = 0
     dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
@@ -107,6 +114,11 @@ class Collector:
         self._stop = threading.Event()
         self._session = 0
         self._db_error: BaseException | None = None
+        self._dirty = threading.Event()
+        """Set when a commit marked robots for the interval stage (and at start: a previous run's marks)."""
+        self._dirty.set()
+        self._last_commit = threading.Event()
+        """Set once every database thread has written its last batch: the interval stage's final pass."""
         client_id = self.cfg.client_id or f"collector-{uuid.uuid4().hex[:8]}"
         self.client = make_client(settings.broker, broker_url, client_id, manual_ack=True)
         self.client.on_connect = self._on_connect
@@ -161,8 +173,18 @@ class Collector:
             for lane in lanes:
                 lane.writer.conn.close()
             raise
+        try:
+            interval_writer = self._writer()
+        except BaseException:
+            for lane in lanes:
+                lane.writer.conn.close()
+            raise
+        intervals = threading.Thread(
+            target=self._interval_loop, args=(interval_writer, stop), name="collector-intervals", daemon=True
+        )
         for lane in lanes:
             lane.thread.start()
+        intervals.start()
         self._lanes = lanes
         # Only a collector with a stable client id has a session worth keeping.
         mqtt_connect(
@@ -175,7 +197,11 @@ class Collector:
         )
         unsubscribed = False
         try:
-            while all(lane.thread.is_alive() for lane in lanes) and (not stop.is_set() or not self._queue.empty()):
+            while (
+                all(lane.thread.is_alive() for lane in lanes)
+                and intervals.is_alive()
+                and (not stop.is_set() or not self._queue.empty())
+            ):
                 if stop.is_set() and not unsubscribed:
                     # Take no more; write what is queued (acked, so not redelivered to another).
                     self.client.unsubscribe(self._topic())
@@ -195,6 +221,8 @@ class Collector:
                 self._hand_over(lane, None)
             for lane in lanes:
                 lane.thread.join()
+            self._last_commit.set()
+            intervals.join()
             self._stop.set()
             self.client.disconnect()
             self.client.loop_stop()
@@ -249,23 +277,53 @@ class Collector:
                     return  # stopping while the database is away: unacknowledged, so redelivered
                 with self._ack_lock:
                     self._acknowledge(committed)
+                if committed.state_robots:
+                    self._dirty.set()
         except BaseException as exc:  # surfaced by run()
             self._db_error = exc
             log.exception("collector database thread failed")
         finally:
             lane.writer.conn.close()
 
+    def _interval_loop(self, writer: Writer, stop: threading.Event) -> None:
+        """The interval stage: every ``intervals_every_ms`` while commits mark robots, and once
+        after the last commit. Marks not built when the database is away wait in state_dirty."""
+        every = self.cfg.intervals_every_ms / 1000
+        try:
+            while True:
+                last = self._last_commit.wait(every)
+                if self._dirty.is_set():
+                    self._dirty.clear()
+                    built, writer = self._retrying(writer, Writer.build_intervals, "the state intervals", stop)
+                    if built is not None:
+                        with self._ack_lock:
+                            self.stats.intervals += built[1]
+                if last:
+                    return
+        except BaseException as exc:  # surfaced by run()
+            self._db_error = exc
+            log.exception("collector interval thread failed")
+        finally:
+            writer.conn.close()
+
     def _write(self, writer: Writer, prepared: Prepared, stop: threading.Event) -> tuple[Committed | None, Writer]:
+        return self._retrying(writer, lambda w: w.write_isolating(prepared), f"{len(prepared.mids)} message(s)", stop)
+
+    def _retrying(
+        self, writer: Writer, action: Callable[[Writer], T], what: str, stop: threading.Event
+    ) -> tuple[T | None, Writer]:
+        """``action(writer)``; on a lost or failing connection, a new writer with backoff and again.
+        (None, writer) when ``stop`` is set while the database is away."""
         delay = RETRY_MIN_S
         while True:
             try:
-                return writer.write_isolating(prepared), writer
+                return action(writer), writer
             except _RETRYABLE as exc:
                 with self._ack_lock:
                     self.stats.db_retries += 1
                 log.error(
-                    "database unavailable, retrying %d message(s): %s",
-                    len(prepared.mids),
+                    "database unavailable, retrying %s: %s",
+                    what,
                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
                 )
             fresh = None

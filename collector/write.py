@@ -4,9 +4,13 @@ Each flush: decode every message (collector.validate; no database work, so the c
 can do it for the next flush while this one commits), resolve robots, COPY the good events
 into a staging table, insert the keys that are new into ``event_keys`` (the idempotency key
 (agent, seq); see migrations/004_event_storage.sql) and those events into ``events``, record
-changed repeats as conflicts, rebuild the touched robots' state intervals, store dead
-letters, advance each agent's contiguous ``acked_through``, commit. Only then does the
-caller acknowledge the MQTT messages and tell each edge what is committed.
+changed repeats as conflicts, mark the robots with new state events for the interval stage,
+store dead letters, advance each agent's contiguous ``acked_through``, commit. Only then does
+the caller acknowledge the MQTT messages and tell each edge what is committed.
+
+The interval stage (``Writer.build_intervals``, migrations/012_ingest_speed.sql) rebuilds the
+marked robots' state intervals in a transaction of its own: the collector runs it about once
+a second, ``Writer.flush`` right after the write.
 """
 
 from __future__ import annotations
@@ -147,6 +151,9 @@ class Committed:
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     """Dead letters per reason: the contract field that broke, event indexes folded (events[].ts)."""
     intervals: int = 0
+    """State intervals written (by ``flush``; ``write`` leaves them to the interval stage)."""
+    state_robots: int = 0
+    """Robots marked for the interval stage."""
 
     def merge(self, other: Committed) -> None:
         self.mids += other.mids
@@ -155,7 +162,7 @@ class Committed:
             self.seqs.setdefault(key, []).extend(seqs)
         for agent, through in other.through.items():
             self.through[agent] = max(through, self.through.get(agent, 0))
-        for name in ("inserted", "duplicates", "conflicts", "dead_letters", "intervals"):
+        for name in ("inserted", "duplicates", "conflicts", "dead_letters", "intervals", "state_robots"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for reason, n in other.dead_letter_reasons.items():
             self.dead_letter_reasons[reason] = self.dead_letter_reasons.get(reason, 0) + n
@@ -246,8 +253,23 @@ class Writer:
             log.warning("cannot create event partitions (events land in the default one): %s", exc)
 
     def flush(self, messages: list[Incoming]) -> Committed:
-        """Write ``messages`` in one transaction. Raises psycopg errors for the caller to retry."""
-        return self.write(self.prepare(messages))
+        """Write ``messages`` in one transaction, then build the state intervals it marked."""
+        committed = self.write(self.prepare(messages))
+        if committed.state_robots:
+            committed.intervals = self.build_intervals()[1]
+        return committed
+
+    def build_intervals(self, max_robots: int = 20_000) -> tuple[int, int]:
+        """The interval stage: rebuild every marked robot's state intervals, ``max_robots`` per
+        transaction; (robots, intervals written). Raises psycopg errors for the caller to retry."""
+        robots = intervals = 0
+        while True:
+            with self.conn.transaction():
+                row = self.conn.execute("SELECT * FROM build_state_intervals(%s)", (max_robots,)).fetchone()
+            if not row or not row[0]:
+                return robots, intervals
+            robots += row[0]
+            intervals += row[1]
 
     @staticmethod
     def prepare(messages: list[Incoming], now: datetime | None = None) -> Prepared:
@@ -319,11 +341,9 @@ class Writer:
             if out.inserted and state_lo:
                 robots = sorted(state_lo)
                 cur.execute(
-                    "SELECT rebuild_state_intervals(%s::bigint[], %s::timestamptz[])",
-                    (robots, [state_lo[r] for r in robots]),
+                    "SELECT mark_state_dirty(%s::bigint[], %s::timestamptz[])", (robots, [state_lo[r] for r in robots])
                 )
-                row = cur.fetchone()
-                out.intervals = int(row[0]) if row else 0
+                out.state_robots = len(robots)
             out.dead_letters = self._dead_letters(cur, rejected, now)
             for r in rejected:
                 key = reason_key(r.field)

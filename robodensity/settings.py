@@ -223,6 +223,9 @@ class CollectorSettings(_Section):
     share_group: str = "collectors"
     batch_max_events: int = Field(20_000, ge=1)
     flush_ms: int = Field(100, ge=1, le=60_000)
+    intervals_every_ms: int = Field(1000, ge=10, le=600_000)
+    """How often the interval stage turns newly stored state events into state intervals: the
+    longer, the more flushes it handles at once (less database work) and the staler the intervals."""
     queue_max_messages: int = Field(10_000, ge=10)
     client_id: str | None = None
 
