@@ -271,10 +271,10 @@ def start_collector(
 
 
 def wait_intervals(db_url: str, timeout_s: float) -> float:
-    """When the interval stage has built every robot the commits marked (state_dirty empty)."""
+    """When the interval stage has built every robot the commits marked (state_marks empty)."""
     deadline = time.monotonic() + timeout_s
     with connect(db_url, SCHEMA, autocommit=True) as conn:
-        while conn.execute("SELECT EXISTS (SELECT 1 FROM state_dirty)").fetchone() != (False,):
+        while conn.execute("SELECT EXISTS (SELECT 1 FROM state_marks)").fetchone() != (False,):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the interval stage did not catch up in {timeout_s} s")
             time.sleep(0.005)

@@ -287,7 +287,7 @@ class Collector:
 
     def _interval_loop(self, writer: Writer, stop: threading.Event) -> None:
         """The interval stage: every ``intervals_every_ms`` while commits mark robots, and once
-        after the last commit. Marks not built when the database is away wait in state_dirty."""
+        after the last commit. Marks not built when the database is away wait in state_marks."""
         every = self.cfg.intervals_every_ms / 1000
         try:
             while True:

@@ -259,17 +259,19 @@ class Writer:
             committed.intervals = self.build_intervals()[1]
         return committed
 
-    def build_intervals(self, max_robots: int = 20_000) -> tuple[int, int]:
-        """The interval stage: rebuild every marked robot's state intervals, ``max_robots`` per
-        transaction; (robots, intervals written). Raises psycopg errors for the caller to retry."""
-        robots = intervals = 0
+    def build_intervals(self, max_marks: int = 100_000) -> tuple[int, int]:
+        """The interval stage: rebuild the marked robots' state intervals, ``max_marks`` marks per
+        transaction, until a transaction finds fewer; (marks, intervals written). Raises psycopg
+        errors for the caller to retry."""
+        marks = intervals = 0
         while True:
             with self.conn.transaction():
-                row = self.conn.execute("SELECT * FROM build_state_intervals(%s)", (max_robots,)).fetchone()
-            if not row or not row[0]:
-                return robots, intervals
-            robots += row[0]
-            intervals += row[1]
+                row = self.conn.execute("SELECT * FROM build_state_intervals(%s)", (max_marks,)).fetchone()
+            n, built = row if row else (0, 0)
+            marks += n
+            intervals += built
+            if n < max_marks:
+                return marks, intervals
 
     @staticmethod
     def prepare(messages: list[Incoming], now: datetime | None = None) -> Prepared:
@@ -341,7 +343,7 @@ class Writer:
             if out.inserted and state_lo:
                 robots = sorted(state_lo)
                 cur.execute(
-                    "SELECT mark_state_dirty(%s::bigint[], %s::timestamptz[])", (robots, [state_lo[r] for r in robots])
+                    "SELECT mark_state_robots(%s::bigint[], %s::timestamptz[])", (robots, [state_lo[r] for r in robots])
                 )
                 out.state_robots = len(robots)
             out.dead_letters = self._dead_letters(cur, rejected, now)

@@ -598,17 +598,22 @@ def test_two_collectors_writing_one_robot_build_the_same_intervals_as_a_full_reb
     robots = [RobotId("KUKA", f"S{i}") for i in range(3)]
     events = _random_states(rng, 1200, robots)
     rng.shuffle(events)  # out of order, and split between collectors and their database threads
-    settings = load_settings(collector={"share_group": schema, "flush_ms": 5})
+    # Interval stages every 10 ms: they run while both collectors commit marks for the same robots.
+    settings = load_settings(collector={"share_group": schema, "flush_ms": 5, "intervals_every_ms": 10})
     publisher = Publisher(broker_url)
     try:
         with (
             running_collector(settings, pg_url, broker_url, schema) as c1,
             running_collector(settings, pg_url, broker_url, schema) as c2,
+            connect(pg_url, schema, autocommit=True) as conn,
         ):
             for i in range(0, len(events), 20):
                 publisher.publish(_msg(sorted(events[i : i + 20], key=lambda e: e.seq)).payload)
             wait_until(lambda: len(publisher.acked) == len(events), 30, "acks for every event")
             assert c1.stats.inserted > 0 and c2.stats.inserted > 0
+            # Built by the running stages, not only by the final pass when the collectors stop.
+            wait_until(lambda: _stored_intervals(conn) == _reference_intervals(events), 30, "the interval stage")
+            assert _one(conn, "SELECT count(*) FROM state_marks") == 0
     finally:
         publisher.close()
     with connect(pg_url, schema) as conn:

@@ -3,41 +3,47 @@
 -- and this index cost a fifth of every event insert.
 DROP INDEX IF EXISTS events_factory_state_ts;
 
--- State intervals leave the commit path. The collector marks the robots whose state events a
--- flush stored (state_dirty, in the transaction that stores them) and a second stage rebuilds
--- the marked robots about once a second, many flushes at once: per robot, one seed lookup, one
--- read of its new events and one rewrite of its open interval per second instead of per flush.
--- A crash loses nothing: the marks commit with the events and wait for the next collector.
-CREATE TABLE state_dirty (
-    robot_id bigint PRIMARY KEY,
-    lo       timestamptz NOT NULL   -- the earliest state event stored since the last rebuild
+-- State intervals leave the commit path. A flush records which robots got state events from
+-- when (state_marks, in the transaction that stores them) and a second stage rebuilds the marked
+-- robots about once a second, many flushes at once: per robot, one seed lookup, one read of its
+-- new events and one rewrite of its open interval per second instead of per flush. A crash
+-- loses nothing: the marks commit with the events and wait for the next collector.
+CREATE TABLE state_marks (
+    id       bigserial PRIMARY KEY,
+    robot_id bigint NOT NULL,
+    lo       timestamptz NOT NULL   -- the flush's earliest state event of this robot
 );
 
-CREATE FUNCTION mark_state_dirty(robots bigint[], los timestamptz[]) RETURNS void
+CREATE FUNCTION mark_state_robots(robots bigint[], los timestamptz[]) RETURNS void
 LANGUAGE sql SET search_path FROM CURRENT AS $$
-    INSERT INTO state_dirty AS d (robot_id, lo)
-    SELECT r, l FROM unnest(robots, los) AS u(r, l) ORDER BY r   -- one lock order for every collector
-    ON CONFLICT (robot_id) DO UPDATE SET lo = least(d.lo, excluded.lo)
+    INSERT INTO state_marks (robot_id, lo) SELECT * FROM unnest(robots, los)
 $$;
 
--- Rebuild up to max_robots marked robots; (robots, intervals written). Marks held by a flush
--- still in progress are skipped (SKIP LOCKED): that flush's commit leaves them for the next call.
--- A flush that marks a robot this call took waits for it (the key's lock) and marks it anew, and
--- its events, committed after this call's read, are rebuilt by the next one.
-CREATE FUNCTION build_state_intervals(max_robots integer DEFAULT 20000, OUT robots integer, OUT intervals integer)
+-- Rebuild the robots of up to max_marks marks; (robots, intervals written). Flushes only append
+-- marks, so they never wait for a rebuild; the rebuild deletes exactly the marks it read (a mark
+-- committed meanwhile is left for the next call, even one with a lower id). One stage at a time
+-- per schema: another collector's stage returns (0, 0) at once.
+CREATE FUNCTION build_state_intervals(max_marks integer DEFAULT 100000, OUT marks integer, OUT intervals integer)
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
+    ids bigint[];
     rs bigint[];
     ls timestamptz[];
 BEGIN
-    WITH taken AS (
-        DELETE FROM state_dirty WHERE robot_id IN (
-            SELECT robot_id FROM state_dirty ORDER BY robot_id LIMIT max_robots FOR UPDATE SKIP LOCKED)
-        RETURNING robot_id, lo
-    )
-    SELECT array_agg(robot_id ORDER BY robot_id), array_agg(lo ORDER BY robot_id) INTO rs, ls FROM taken;
-    robots := coalesce(cardinality(rs), 0);
-    intervals := CASE WHEN robots > 0 THEN rebuild_state_intervals(rs, ls) ELSE 0 END;
+    marks := 0;
+    intervals := 0;
+    IF NOT pg_try_advisory_xact_lock(hashtext(current_schema() || '.build_state_intervals')) THEN
+        RETURN;
+    END IF;
+    SELECT array_agg(id) INTO ids FROM (SELECT id FROM state_marks ORDER BY id LIMIT max_marks) m;
+    IF ids IS NULL THEN
+        RETURN;
+    END IF;
+    marks := cardinality(ids);
+    SELECT array_agg(robot_id ORDER BY robot_id), array_agg(lo ORDER BY robot_id) INTO rs, ls
+    FROM (SELECT robot_id, min(lo) AS lo FROM state_marks WHERE id = ANY(ids) GROUP BY robot_id) r;
+    intervals := rebuild_state_intervals(rs, ls);
+    DELETE FROM state_marks WHERE id = ANY(ids);
 END
 $$;
 
@@ -52,8 +58,8 @@ BEGIN
     IF owner_role IS NULL THEN   -- no CREATEROLE: 008 said so
         RETURN NULL;
     END IF;
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON state_dirty TO %I', collector_role);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION mark_state_dirty(bigint[], timestamptz[]), '
+    EXECUTE format('GRANT SELECT, INSERT, DELETE ON state_marks TO %I', collector_role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION mark_state_robots(bigint[], timestamptz[]), '
                    'build_state_intervals(integer) TO %I', collector_role);
     RETURN owner_role;
 END
