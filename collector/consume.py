@@ -298,6 +298,8 @@ class Collector:
                     if built is not None:
                         with self._ack_lock:
                             self.stats.intervals += built[1]
+                        if built[2]:  # another collector's stage was at work: look again next time
+                            self._dirty.set()
                 if last:
                     return
         except BaseException as exc:  # surfaced by run()

@@ -259,19 +259,20 @@ class Writer:
             committed.intervals = self.build_intervals()[1]
         return committed
 
-    def build_intervals(self, max_marks: int = 100_000) -> tuple[int, int]:
+    def build_intervals(self, max_marks: int = 100_000) -> tuple[int, int, bool]:
         """The interval stage: rebuild the marked robots' state intervals, ``max_marks`` marks per
-        transaction, until a transaction finds fewer; (marks, intervals written). Raises psycopg
-        errors for the caller to retry."""
+        transaction, until a transaction finds fewer; (marks, intervals written, busy: another
+        collector's stage was running, so marks may be left). Raises psycopg errors for the
+        caller to retry."""
         marks = intervals = 0
         while True:
             with self.conn.transaction():
                 row = self.conn.execute("SELECT * FROM build_state_intervals(%s)", (max_marks,)).fetchone()
-            n, built = row if row else (0, 0)
+            n, built, busy = row if row else (0, 0, False)
             marks += n
             intervals += built
-            if n < max_marks:
-                return marks, intervals
+            if busy or n < max_marks:
+                return marks, intervals, bool(busy)
 
     @staticmethod
     def prepare(messages: list[Incoming], now: datetime | None = None) -> Prepared:

@@ -22,8 +22,9 @@ $$;
 -- Rebuild the robots of up to max_marks marks; (robots, intervals written). Flushes only append
 -- marks, so they never wait for a rebuild; the rebuild deletes exactly the marks it read (a mark
 -- committed meanwhile is left for the next call, even one with a lower id). One stage at a time
--- per schema: another collector's stage returns (0, 0) at once.
-CREATE FUNCTION build_state_intervals(max_marks integer DEFAULT 100000, OUT marks integer, OUT intervals integer)
+-- per schema: while another collector's stage runs, a call returns at once with busy set.
+CREATE FUNCTION build_state_intervals(max_marks integer DEFAULT 100000,
+                                      OUT marks integer, OUT intervals integer, OUT busy boolean)
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     ids bigint[];
@@ -32,7 +33,8 @@ DECLARE
 BEGIN
     marks := 0;
     intervals := 0;
-    IF NOT pg_try_advisory_xact_lock(hashtext(current_schema() || '.build_state_intervals')) THEN
+    busy := NOT pg_try_advisory_xact_lock(hashtext(current_schema() || '.build_state_intervals'));
+    IF busy THEN
         RETURN;
     END IF;
     SELECT array_agg(id) INTO ids FROM (SELECT id FROM state_marks ORDER BY id LIMIT max_marks) m;
