@@ -180,23 +180,23 @@ class Collector:
                 lane.writer.conn.close()
             raise
         intervals = threading.Thread(
-            target=self._interval_loop, args=(interval_writer, stop), name="collector-intervals", daemon=True
+            target=self._interval_loop, args=(interval_writer,), name="collector-intervals", daemon=True
         )
         for lane in lanes:
             lane.thread.start()
         intervals.start()
         self._lanes = lanes
-        # Only a collector with a stable client id has a session worth keeping.
-        mqtt_connect(
-            self.client,
-            self.settings.broker,
-            self.broker_url,
-            clean_start=not self.cfg.client_id,
-            receive_maximum=min(65535, self.cfg.queue_max_messages),
-            session_expiry_s=None if self.cfg.client_id else 0,
-        )
         unsubscribed = False
         try:
+            # Only a collector with a stable client id has a session worth keeping.
+            mqtt_connect(
+                self.client,
+                self.settings.broker,
+                self.broker_url,
+                clean_start=not self.cfg.client_id,
+                receive_maximum=min(65535, self.cfg.queue_max_messages),
+                session_expiry_s=None if self.cfg.client_id else 0,
+            )
             while (
                 all(lane.thread.is_alive() for lane in lanes)
                 and intervals.is_alive()
@@ -285,7 +285,7 @@ class Collector:
         finally:
             lane.writer.conn.close()
 
-    def _interval_loop(self, writer: Writer, stop: threading.Event) -> None:
+    def _interval_loop(self, writer: Writer) -> None:
         """The interval stage: every ``intervals_every_ms`` while commits mark robots, and once
         after the last commit. Marks not built when the database is away wait in state_marks."""
         every = self.cfg.intervals_every_ms / 1000
@@ -294,11 +294,18 @@ class Collector:
                 last = self._last_commit.wait(every)
                 if self._dirty.is_set():
                     self._dirty.clear()
-                    built, writer = self._retrying(writer, Writer.build_intervals, "the state intervals", stop)
+                    try:
+                        # Retried while the database is away, until the collector stops.
+                        built, writer = self._retrying(
+                            writer, Writer.build_intervals, "the state intervals", self._last_commit
+                        )
+                    except psycopg.Error as exc:  # not the connection: ingestion goes on, marks stay
+                        log.error("state intervals not built, the marks stay for the next try: %s", exc)
+                        built = (0, 0, True)
                     if built is not None:
                         with self._ack_lock:
                             self.stats.intervals += built[1]
-                        if built[2]:  # another collector's stage was at work: look again next time
+                        if built[2]:  # another collector's stage was at work, or an error: again next time
                             self._dirty.set()
                 if last:
                     return
