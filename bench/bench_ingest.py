@@ -334,12 +334,11 @@ class CpuClock:
         return out
 
     def refresh_postgres(self) -> None:
-        """Backends start with each connection: pick up the new ones (their CPU so far counts from 0)."""
+        """Backends start with each connection: pick up the new ones (all their CPU counts)."""
         known = {p.pid for p in self.procs.get("postgres", [])}
         for proc in psutil.process_iter(["name"]):
             if proc.info["name"] in ("postgres", "postmaster") and proc.pid not in known:
                 self.procs.setdefault("postgres", []).append(proc)
-                self.start["postgres"] = self.start.get("postgres", 0.0)
 
     def spent(self) -> dict[str, float]:
         self.refresh_postgres()

@@ -65,16 +65,13 @@ COPY_TYPES = [
     "text",
 ]
 STAGING_DDL = "CREATE TEMP TABLE IF NOT EXISTS staging_events (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-_INSERT_KEYS = (
-    "INSERT INTO event_keys (agent_id, seq, robot_id, ts) "
-    "SELECT agent_id, seq, robot_id, ts FROM staging_events ON CONFLICT DO NOTHING"
-)
 # The usual flush: each agent's sequence numbers lie beyond the highest it has stored, so no key
 # can be there already and the plain insert (half the cost of a speculative ON CONFLICT insert)
 # does; the unique key still guards it against another collector storing the same keys.
 _INSERT_KEYS_AHEAD = (
     "INSERT INTO event_keys (agent_id, seq, robot_id, ts) SELECT agent_id, seq, robot_id, ts FROM staging_events"
 )
+_INSERT_KEYS = _INSERT_KEYS_AHEAD + " ON CONFLICT DO NOTHING"
 _ALL_AHEAD = (
     "SELECT coalesce(bool_and(f.lo > coalesce((SELECT max(k.seq) FROM event_keys k WHERE k.agent_id = f.agent_id), "
     "0)), true) FROM unnest(%s::text[], %s::bigint[]) AS f(agent_id, lo)"

@@ -8,9 +8,12 @@ Standard library only: a simulator on a gateway needs nothing more.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
+import time as wall
 import zlib
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -231,3 +234,24 @@ class SimClock:
 
     def wall_at(self, sim: datetime) -> float:
         return self.wall_start + (sim - self.sim_start).total_seconds() / self.speed
+
+
+async def due_changes(schedules: Mapping[str, Schedule], clock: SimClock) -> AsyncIterator[tuple[datetime, str, State]]:
+    """Every robot's ``(ts, key, state)`` change when ``clock`` reaches ``ts``, in time order (a
+    robot's own order kept at equal times). Changes already due come back to back, with a turn
+    for the event loop every 32 of them (a server catching up must still publish)."""
+    changes = sorted(
+        ((ts, key, i, state) for key, sched in schedules.items() for i, (ts, state) in enumerate(sched)),
+        key=lambda c: c[:3],
+    )
+    behind = 0
+    for ts, key, _, state in changes:
+        delay = clock.wall_at(ts) - wall.monotonic()
+        if delay > 0.0005:
+            await asyncio.sleep(delay)
+            behind = 0
+        else:
+            behind += 1
+            if behind % 32 == 0:
+                await asyncio.sleep(0)
+        yield ts, key, state

@@ -19,7 +19,7 @@ import paho.mqtt.client as mqtt
 from robodensity.mqtt import connect, make_client
 from robodensity.settings import BrokerSettings
 from robodensity.wire import State, format_ts
-from simulators.behaviour import Schedule, SimClock
+from simulators.behaviour import Schedule, SimClock, due_changes
 
 
 def topic_for(factory: str, serial: str = "+") -> str:
@@ -90,10 +90,6 @@ class MqttRobots:
 
     async def replay(self, schedules: Mapping[str, Schedule], clock: SimClock) -> None:
         """Publish each change when its simulated time comes; returns after the last one."""
-        changes = sorted((t, key, s) for key, sched in schedules.items() for t, s in sched)
-        for t, key, state in changes:
-            delay = clock.wall_at(t) - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        async for t, key, state in due_changes(schedules, clock):
             self.publish_state(key, state, t)
         await asyncio.to_thread(self.flush)

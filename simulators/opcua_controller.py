@@ -82,7 +82,6 @@ period (BadCertificateTimeInvalid).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import gc
 import hmac
@@ -127,8 +126,9 @@ from edge.normalise import (
     TOTAL_POWER_ON_TIME,
     format_duration_s,
 )
+from edge.sources.opcua import node_id
 from robodensity.wire import State
-from simulators.behaviour import Schedule, SimClock
+from simulators.behaviour import Schedule, SimClock, due_changes
 
 log = logging.getLogger(__name__)
 
@@ -246,11 +246,6 @@ def _dv(value: ua.Variant | None, ts: datetime, status: ua.StatusCode | None = N
     if status is not None:
         return ua.DataValue(StatusCode=status, SourceTimestamp=cast(Any, ts), ServerTimestamp=cast(Any, now))
     return ua.DataValue(value, SourceTimestamp=cast(Any, ts), ServerTimestamp=cast(Any, now))
-
-
-def _node(ident: int | str, ns: int = 0) -> ua.NodeId:
-    """``ua.NodeId`` for plain ints and strings (asyncua types its arguments as NewTypes)."""
-    return ua.NodeId(cast(Any, ident), cast(Any, ns))
 
 
 @dataclass(frozen=True)
@@ -496,8 +491,8 @@ class OpcUaController:
         sim = await server.register_namespace(SIM_NS)
         builder = _Builder(sim)
         with_state_machines = self.variant == "robotics"
-        operation_ids = {name: _node(i, rob) for name, i in _OPERATION_STATE_IDS.items()}
-        machinery_ids = {name: _node(i, mach) for name, i in _MACHINERY_ITEM_STATE_IDS.items()}
+        operation_ids = {name: node_id(i, rob) for name, i in _OPERATION_STATE_IDS.items()}
+        machinery_ids = {name: node_id(i, mach) for name, i in _MACHINERY_ITEM_STATE_IDS.items()}
         idle = STATE_MACHINES_FOR_STATE[State.IDLE]
 
         def state_machine(
@@ -518,22 +513,22 @@ class OpcUaController:
                 ua.QualifiedName("CurrentState", 0),
                 ua.LocalizedText(initial),
                 ua.VariantType.LocalizedText,
-                _node(ua.ObjectIds.LocalizedText),
+                node_id(ua.ObjectIds.LocalizedText),
                 typedef=ua.ObjectIds.FiniteStateVariableType,
             )
             id_node = builder.prop(
-                current, ua.QualifiedName("Id", 0), ids[initial], ua.VariantType.NodeId, _node(ua.ObjectIds.NodeId)
+                current, ua.QualifiedName("Id", 0), ids[initial], ua.VariantType.NodeId, node_id(ua.ObjectIds.NodeId)
             )
             self._nodes[key][name] = current
             self._state_ids.setdefault(key, {})[name] = (id_node, ids)
 
-        folder = _node(ua.ObjectIds.FolderType)
-        device_set = _node(_DI_DEVICE_SET, di)
+        folder = node_id(ua.ObjectIds.FolderType)
+        device_set = node_id(_DI_DEVICE_SET, di)
         system = builder.obj(
             device_set,
             _sanitise(self.name),
             ua.QualifiedName(self.name, sim),
-            _node(_MOTION_DEVICE_SYSTEM_TYPE, rob),
+            node_id(_MOTION_DEVICE_SYSTEM_TYPE, rob),
             ref=ua.ObjectIds.Organizes,
         )
         devices = builder.obj(system, "MotionDevices", ua.QualifiedName("MotionDevices", rob), folder)
@@ -553,23 +548,23 @@ class OpcUaController:
             self._nodes[key][name] = nodeid
 
         boolean, double, string = (
-            _node(ua.ObjectIds.Boolean),
-            _node(ua.ObjectIds.Double),
-            _node(ua.ObjectIds.String),
+            node_id(ua.ObjectIds.Boolean),
+            node_id(ua.ObjectIds.Double),
+            node_id(ua.ObjectIds.String),
         )
         refs: list[tuple[ua.NodeId, int, ua.NodeId]] = []
         for r in self.robots:
             key = r.key
             self._nodes[key] = {}
             tag = _sanitise(f"{r.manufacturer}_{r.serial}")
-            md = builder.obj(devices, f"md.{tag}", ua.QualifiedName(r.serial, sim), _node(_MOTION_DEVICE_TYPE, rob))
+            md = builder.obj(devices, f"md.{tag}", ua.QualifiedName(r.serial, sim), node_id(_MOTION_DEVICE_TYPE, rob))
             di_ident(md, r, r.serial, r.model)
             builder.prop(
                 md,
                 ua.QualifiedName("MotionDeviceCategory", rob),
                 MOTION_DEVICE_CATEGORIES[r.category],
                 ua.VariantType.Int32,
-                _node(_MOTION_DEVICE_CATEGORY_ENUM, rob),
+                node_id(_MOTION_DEVICE_CATEGORY_ENUM, rob),
             )
             builder.obj(md, f"md.{tag}.Axes", ua.QualifiedName("Axes", rob), folder)
             builder.obj(md, f"md.{tag}.PowerTrains", ua.QualifiedName("PowerTrains", rob), folder)
@@ -585,7 +580,7 @@ class OpcUaController:
                     blocks,
                     f"md.{tag}.MachineryItemState",
                     ua.QualifiedName("MachineryItemState", mach),
-                    _node(_MACHINERY_ITEM_STATE_TYPE, mach),
+                    node_id(_MACHINERY_ITEM_STATE_TYPE, mach),
                     key,
                     MACHINERY_ITEM_STATE,
                     machinery_ids,
@@ -595,14 +590,14 @@ class OpcUaController:
                 controllers,
                 f"ctl.{tag}",
                 ua.QualifiedName(f"Controller_{r.serial}", sim),
-                _node(_CONTROLLER_TYPE, rob),
+                node_id(_CONTROLLER_TYPE, rob),
             )
             di_ident(ctl, r, f"{r.serial}-C", f"{r.model} controller")
             user = builder.obj(
                 ctl,
                 f"ctl.{tag}.CurrentUser",
                 ua.QualifiedName("CurrentUser", rob),
-                _node(_USER_TYPE, rob),
+                node_id(_USER_TYPE, rob),
             )
             builder.prop(user, ua.QualifiedName("Level", rob), "operator", ua.VariantType.String)
             builder.obj(ctl, f"ctl.{tag}.Software", ua.QualifiedName("Software", rob), folder)
@@ -611,27 +606,27 @@ class OpcUaController:
                     ctl,
                     f"ctl.{tag}.SystemOperation",
                     ua.QualifiedName("SystemOperation", rob),
-                    _node(_SYSTEM_OPERATION_TYPE, rob),
+                    node_id(_SYSTEM_OPERATION_TYPE, rob),
                     ref=ua.ObjectIds.HasAddIn,
                 )
                 state_machine(
                     sysop,
                     f"ctl.{tag}.SystemOperationStateMachine",
                     ua.QualifiedName("SystemOperationStateMachine", rob),
-                    _node(_SYSTEM_OPERATION_STATE_MACHINE_TYPE, rob),
+                    node_id(_SYSTEM_OPERATION_STATE_MACHINE_TYPE, rob),
                     key,
                     OPERATION_STATE,
                     operation_ids,
                 )
             cps = builder.obj(ctl, f"ctl.{tag}.ParameterSet", ua.QualifiedName("ParameterSet", di))
-            var(cps, TOTAL_POWER_ON_TIME, key, _node(ua.ObjectIds.DurationString))
+            var(cps, TOTAL_POWER_ON_TIME, key, node_id(ua.ObjectIds.DurationString))
             var(cps, TOTAL_ENERGY_CONSUMPTION, key, double)
             tcs = builder.obj(ctl, f"ctl.{tag}.TaskControls", ua.QualifiedName("TaskControls", rob), folder)
             task = builder.obj(
                 tcs,
                 f"task.{tag}",
                 ua.QualifiedName(f"Task_{r.serial}", sim),
-                _node(_TASK_CONTROL_TYPE, rob),
+                node_id(_TASK_CONTROL_TYPE, rob),
             )
             builder.prop(
                 task,
@@ -642,16 +637,16 @@ class OpcUaController:
             tps = builder.obj(task, f"task.{tag}.ParameterSet", ua.QualifiedName("ParameterSet", di))
             var(tps, TASK_PROGRAM_NAME, key, string)
             var(tps, TASK_PROGRAM_LOADED, key, boolean)
-            var(tps, EXECUTION_MODE, key, _node(_EXECUTION_MODE_ENUM, rob))
+            var(tps, EXECUTION_MODE, key, node_id(_EXECUTION_MODE_ENUM, rob))
 
             st = builder.obj(
                 safety,
                 f"safety.{tag}",
                 ua.QualifiedName(f"SafetyState_{r.serial}", sim),
-                _node(_SAFETY_STATE_TYPE, rob),
+                node_id(_SAFETY_STATE_TYPE, rob),
             )
             sps = builder.obj(st, f"safety.{tag}.ParameterSet", ua.QualifiedName("ParameterSet", di))
-            var(sps, OPERATIONAL_MODE, key, _node(_OPERATIONAL_MODE_ENUM, rob))
+            var(sps, OPERATIONAL_MODE, key, node_id(_OPERATIONAL_MODE_ENUM, rob))
             var(sps, EMERGENCY_STOP, key, boolean)
             var(sps, PROTECTIVE_STOP, key, boolean)
 
@@ -660,7 +655,7 @@ class OpcUaController:
                 ua.QualifiedName("TaskControlReference", rob),
                 task,
                 ua.VariantType.NodeId,
-                _node(ua.ObjectIds.NodeId),
+                node_id(ua.ObjectIds.NodeId),
                 typedef=ua.ObjectIds.BaseDataVariableType,
             )
             refs += [(ctl, _CONTROLS, md), (task, _CONTROLS, md), (ctl, _HAS_SAFETY_STATES, st)]
@@ -669,7 +664,7 @@ class OpcUaController:
         for source, reftype, target in refs:
             item = ua.AddReferencesItem()
             item.SourceNodeId, item.TargetNodeId = source, target
-            item.ReferenceTypeId = _node(reftype, rob)
+            item.ReferenceTypeId = node_id(reftype, rob)
             item.IsForward = True
             item.TargetNodeClass = ua.NodeClass.Object
             items.append(item)
@@ -680,7 +675,7 @@ class OpcUaController:
         idx = await server.register_namespace(VENDOR_NS)
         builder = _Builder(idx)
         cell = builder.obj(
-            _node(ua.ObjectIds.ObjectsFolder),
+            node_id(ua.ObjectIds.ObjectsFolder),
             "Cell",
             ua.QualifiedName("Cell", idx),
             ref=ua.ObjectIds.Organizes,
@@ -689,14 +684,14 @@ class OpcUaController:
             tag = _sanitise(f"{r.manufacturer}_{r.serial}")
             robot = builder.obj(cell, f"Robot.{tag}", ua.QualifiedName(f"Robot_{r.serial}", idx))
             s = ua.VariantType.String
-            string = _node(ua.ObjectIds.String)
+            string = node_id(ua.ObjectIds.String)
             builder.var(robot, ua.QualifiedName("Manufacturer", idx), r.manufacturer, s, string)
             builder.var(robot, ua.QualifiedName("Serial", idx), r.serial, s, string)
             builder.var(robot, ua.QualifiedName("Model", idx), r.model, s, string)
             self._nodes[r.key] = {}
             for name, value in VENDOR_SIGNALS_FOR_STATE[State.IDLE].items():
                 vt = _VENDOR_VARIANT[name]
-                dtype = _node(ua.ObjectIds.Boolean if vt is ua.VariantType.Boolean else ua.ObjectIds.String)
+                dtype = node_id(ua.ObjectIds.Boolean if vt is ua.VariantType.Boolean else ua.ObjectIds.String)
                 self._nodes[r.key][name] = builder.var(robot, ua.QualifiedName(name, idx), value, vt, dtype)
         await builder.commit(server)
 
@@ -830,21 +825,7 @@ class OpcUaController:
         """
         for key in schedules:
             self._require(key)
-        changes = sorted(
-            ((ts, i, key, state) for key, sched in schedules.items() for i, (ts, state) in enumerate(sched)),
-            key=lambda c: (c[0], c[2], c[1]),
-        )
-        behind = 0
-        for ts, _, key, state in changes:
-            delay = clock.wall_at(ts) - time.monotonic()
-            if delay > 0.0005:
-                await asyncio.sleep(delay)
-                behind = 0
-            else:
-                behind += 1
-                if behind % 32 == 0:
-                    # Catching up: let the server publish, or its monitored-item queues overflow.
-                    await asyncio.sleep(0)
+        async for ts, key, state in due_changes(schedules, clock):
             await self.set_state(key, state, ts)
 
 
@@ -882,7 +863,7 @@ class _Builder:
         item.RequestedNewNodeId = nodeid
         item.BrowseName = bname
         item.NodeClass = cls
-        item.ReferenceTypeId = _node(ref)
+        item.ReferenceTypeId = node_id(ref)
         item.TypeDefinition = typedef
         self.items.append(item)
         return item
@@ -895,9 +876,9 @@ class _Builder:
         typedef: ua.NodeId | None = None,
         ref: int = ua.ObjectIds.HasComponent,
     ) -> ua.NodeId:
-        nodeid = _node(ident, self.ns)
+        nodeid = node_id(ident, self.ns)
         item = self._item(
-            parent, nodeid, bname, ua.NodeClass.Object, ref, typedef or _node(ua.ObjectIds.BaseObjectType)
+            parent, nodeid, bname, ua.NodeClass.Object, ref, typedef or node_id(ua.ObjectIds.BaseObjectType)
         )
         attrs = ua.ObjectAttributes()
         attrs.DisplayName = ua.LocalizedText(bname.Name)
@@ -917,11 +898,11 @@ class _Builder:
     ) -> ua.NodeId:
         self._auto += 1
         ident = f"{parent.Identifier}.{bname.Name}" if isinstance(parent.Identifier, str) else f"v{self._auto}"
-        nodeid = _node(ident, self.ns)
-        item = self._item(parent, nodeid, bname, ua.NodeClass.Variable, ref, _node(typedef))
+        nodeid = node_id(ident, self.ns)
+        item = self._item(parent, nodeid, bname, ua.NodeClass.Variable, ref, node_id(typedef))
         attrs = ua.VariableAttributes()
         attrs.DisplayName = ua.LocalizedText(bname.Name)
-        attrs.DataType = dtype or _node(vt.value)
+        attrs.DataType = dtype or node_id(vt.value)
         attrs.Value = ua.Variant(value, vt)
         attrs.ValueRank = ua.ValueRank.Scalar
         attrs.AccessLevel = ua.AccessLevel.CurrentRead.mask

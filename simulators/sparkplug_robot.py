@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -32,7 +31,7 @@ from edge.sources.sparkplug import BDSEQ_METRIC, REBIRTH_METRIC, DataType, decod
 from robodensity.mqtt import connect, make_client
 from robodensity.settings import BrokerSettings
 from robodensity.wire import State
-from simulators.behaviour import Schedule, SimClock
+from simulators.behaviour import Schedule, SimClock, due_changes
 
 MANUFACTURER_METRIC = "Identification/Manufacturer"
 SERIAL_METRIC = "Identification/SerialNumber"
@@ -269,11 +268,7 @@ class SparkplugRobots:
 
     async def replay(self, schedules: Mapping[str, Schedule], clock: SimClock) -> None:
         """Publish each change when its simulated time comes; returns after the last one."""
-        changes = sorted((t, key, s) for key, sched in schedules.items() for t, s in sched)
-        for t, key, state in changes:
-            delay = clock.wall_at(t) - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        async for t, key, state in due_changes(schedules, clock):
             self.publish_state(key, state, t)
         await asyncio.to_thread(self.flush)
 

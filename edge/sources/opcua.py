@@ -147,7 +147,7 @@ _POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
 }
 
 
-def _node(ident: int | str, ns: int = 0) -> ua.NodeId:
+def node_id(ident: int | str, ns: int = 0) -> ua.NodeId:
     """``ua.NodeId`` for plain ints and strings (asyncua types its arguments as NewTypes)."""
     return ua.NodeId(cast(Any, ident), cast(Any, ns))
 
@@ -439,7 +439,7 @@ async def _discover_mapped(client: Client, mapping: VendorMapping) -> list[_Foun
         return []
     ns = namespaces.index(mapping.namespace)
     b = _Browser(client)
-    objects = _node(ua.ObjectIds.ObjectsFolder)
+    objects = node_id(ua.ObjectIds.ObjectsFolder)
     (parent,) = await b.translate([(objects, [ua.QualifiedName(p, ns) for p in mapping.robots])])
     if parent is None:
         return []
@@ -495,7 +495,7 @@ class _Browser:
     async def browse(
         self,
         nodes: Sequence[ua.NodeId],
-        reftype: ua.NodeId = _node(ua.ObjectIds.HierarchicalReferences),
+        reftype: ua.NodeId = node_id(ua.ObjectIds.HierarchicalReferences),
         forward: bool = True,
         node_class: ua.NodeClass = ua.NodeClass.Object,
     ) -> list[list[ua.ReferenceDescription]]:
@@ -536,7 +536,7 @@ class _Browser:
                 bp.RelativePath.Elements = []
                 for name in names:
                     el = ua.RelativePathElement()
-                    el.ReferenceTypeId = _node(ua.ObjectIds.HierarchicalReferences)
+                    el.ReferenceTypeId = node_id(ua.ObjectIds.HierarchicalReferences)
                     el.IncludeSubtypes = cast(Any, True)
                     el.IsInverse = cast(Any, False)
                     el.TargetName = name
@@ -565,7 +565,7 @@ class _Browser:
         found = {root}
         level = [root]
         while level:
-            refs = await self.browse(level, _node(ua.ObjectIds.HasSubtype), node_class=ua.NodeClass.ObjectType)
+            refs = await self.browse(level, node_id(ua.ObjectIds.HasSubtype), node_class=ua.NodeClass.ObjectType)
             level = [_nid(r.NodeId) for group in refs for r in group if _nid(r.NodeId) not in found]
             found.update(level)
         return found
@@ -609,16 +609,16 @@ async def _discover_robotics(client: Client) -> list[_Found]:
     rob, di = namespaces.index(ROBOTICS_NS), namespaces.index(DI_NS)
     mach = namespaces.index(MACHINERY_NS) if MACHINERY_NS in namespaces else None
     b = _Browser(client)
-    system_types = await b.subtypes(_node(_MOTION_DEVICE_SYSTEM_TYPE, rob))
-    device_types = await b.subtypes(_node(_MOTION_DEVICE_TYPE, rob))
-    controller_types = await b.subtypes(_node(_CONTROLLER_TYPE, rob))
-    task_types = await b.subtypes(_node(_TASK_CONTROL_TYPE, rob))
-    safety_types = await b.subtypes(_node(_SAFETY_STATE_TYPE, rob))
+    system_types = await b.subtypes(node_id(_MOTION_DEVICE_SYSTEM_TYPE, rob))
+    device_types = await b.subtypes(node_id(_MOTION_DEVICE_TYPE, rob))
+    controller_types = await b.subtypes(node_id(_CONTROLLER_TYPE, rob))
+    task_types = await b.subtypes(node_id(_TASK_CONTROL_TYPE, rob))
+    safety_types = await b.subtypes(node_id(_SAFETY_STATE_TYPE, rob))
 
     # 1. MotionDeviceSystemType instances: breadth first below Objects, one Browse per level.
-    objects = _node(ua.ObjectIds.ObjectsFolder)
+    objects = node_id(ua.ObjectIds.ObjectsFolder)
     paths: dict[ua.NodeId, str] = {objects: "Objects"}
-    seen = {objects, _node(ua.ObjectIds.Server)}
+    seen = {objects, node_id(ua.ObjectIds.Server)}
     systems: list[ua.NodeId] = []
     level = [objects]
     for _ in range(MAX_DEPTH):
@@ -673,9 +673,9 @@ async def _discover_robotics(client: Client) -> list[_Found]:
 
     # 4. Links: inverse Controls on each motion device, HasSafetyStates from controllers and devices.
     all_devices = [d for s in per_system for d in s["MotionDevices"]]
-    controls = await b.browse(all_devices, _node(_CONTROLS, rob), forward=False)
-    ctl_safety = await b.browse(all_controllers, _node(_HAS_SAFETY_STATES, rob))
-    dev_safety = await b.browse(all_devices, _node(_HAS_SAFETY_STATES, rob))
+    controls = await b.browse(all_devices, node_id(_CONTROLS, rob), forward=False)
+    ctl_safety = await b.browse(all_controllers, node_id(_HAS_SAFETY_STATES, rob))
+    dev_safety = await b.browse(all_devices, node_id(_HAS_SAFETY_STATES, rob))
     controllers_of = {d: [_nid(r.NodeId) for r in refs] for d, refs in zip(all_devices, controls, strict=True)}
     safety_of = {n: [_nid(r.NodeId) for r in refs] for n, refs in zip(all_controllers, ctl_safety, strict=True)}
     safety_of.update({n: [_nid(r.NodeId) for r in refs] for n, refs in zip(all_devices, dev_safety, strict=True)})
