@@ -177,7 +177,17 @@ def test_migrations_keep_events_stored_before_partitioning(pg_url: str) -> None:
         with connect(pg_url, schema) as conn:
             assert _one(conn, "SELECT count(*) FROM events") == 100
             assert _one(conn, "SELECT count(*) FROM event_keys") == 100
-            assert _one(conn, "SELECT count(DISTINCT tableoid) FROM events") >= 3  # several months
+            # Whatever today is, 100 days span at least three months: each row sits in its own
+            # month's partition where the migration made one, and in the default otherwise.
+            placed = conn.execute(
+                "SELECT to_char(ts AT TIME ZONE 'UTC', '\"events_y\"YYYY\"m\"MM') AS month, "
+                "tableoid::regclass::text AS part, count(*) FROM events GROUP BY 1, 2"
+            ).fetchall()
+            assert len({month for month, _, _ in placed}) >= 3
+            assert sum(n for _, _, n in placed) == 100
+            assert all(part in (month, "events_default") for month, part, _ in placed), placed
+            assert {part for _, part, _ in placed} >= {"events_default"}  # the months before the migration's
+            assert len({part for _, part, _ in placed}) >= 2
             stored = conn.execute("SELECT ts FROM events WHERE seq = 5").fetchone()[0]
             writer = Writer(conn)
             result = writer.flush([_msg([_state(5, RobotId("KUKA", "S1"), stored, State.IDLE)])])
