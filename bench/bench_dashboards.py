@@ -9,10 +9,10 @@ Run on demand (not part of the tests)::
     .venv/bin/python -m bench.bench_dashboards --database-url postgresql://... --schema bench_1a2b3c4d
                                                               # time again on a kept schema, no load
 
-Starts a throwaway PostgreSQL (robodensity.embedded) unless given a URL, migrates a fresh
+Starts a throwaway PostgreSQL (robodensity.app.embedded) unless given a URL, migrates a fresh
 schema, bulk-loads the province's registry and state events with simulators/load.py (which
 also fills event_keys and state_intervals as the collector would), computes the daily and
-15-minute rollups and monthly densities with robodensity.metrics_job.compute (one calendar
+15-minute rollups and monthly densities with robodensity.app.metrics_job.compute (one calendar
 month at a time, to bound its memory), adds agents and dead letters, then times each panel
 query expanded exactly as Grafana expands it (dashboards.macros). Also timed, in the same
 run and the same way: a trivial baseline (``SELECT 1``), so the ratio shows the cost of the
@@ -44,15 +44,15 @@ from pathlib import Path
 import psycopg
 import psycopg.sql
 
-from collector.db import connect, drop_schema, migrate
-from dashboards import macros
-from dashboards.build import build_all
-from dashboards.panels import panels_of
-from robodensity import metrics_job
-from robodensity.embedded import embedded_postgres
-from robodensity.metrics_job import LOCAL_TZ
-from simulators.load import load_province
-from simulators.province import CitySpec, ProvinceSpec, generate
+from robodensity.app import metrics_job
+from robodensity.app.embedded import embedded_postgres
+from robodensity.app.metrics_job import LOCAL_TZ
+from robodensity.dashboards import macros
+from robodensity.dashboards.build import build_all
+from robodensity.dashboards.panels import panels_of
+from robodensity.simulators.load import load_province
+from robodensity.simulators.province import CitySpec, ProvinceSpec, generate
+from robodensity.storage.db import connect, drop_schema, migrate
 
 GOAL_MS = 150.0
 END = datetime(2026, 4, 1, tzinfo=LOCAL_TZ)

@@ -64,9 +64,9 @@ def agent_process(url: str, broker_url: str, outbox: str, seconds: float, conn: 
 
 
 async def _agent(url: str, broker_url: str, outbox: Path, seconds: float, conn: Connection) -> None:
-    from edge.agent import EdgeAgent
-    from edge.sources.opcua import OpcUaSource
-    from robodensity.settings import OpcUaSourceSettings
+    from robodensity.core.settings import OpcUaSourceSettings
+    from robodensity.edge.agent import EdgeAgent
+    from robodensity.edge.sources.opcua import OpcUaSource
 
     settings = _settings(outbox)
     source = OpcUaSource(OpcUaSourceSettings(url=url))
@@ -99,7 +99,7 @@ async def _agent(url: str, broker_url: str, outbox: Path, seconds: float, conn: 
 
 
 def _settings(outbox: Path):  # type: ignore[no-untyped-def]
-    from robodensity.settings import load_settings
+    from robodensity.core.settings import load_settings
 
     return load_settings(
         edge={"agent_id": "bench-edge", "factory_id": "bench", "outbox_path": outbox},
@@ -175,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from collector.consume import Collector
-    from collector.db import migrate
-    from robodensity.embedded import embedded_mosquitto, embedded_postgres
+    from robodensity.app.embedded import embedded_mosquitto, embedded_postgres
+    from robodensity.collector.consume import Collector
+    from robodensity.storage.db import migrate
 
     print(
         f"python {platform.python_version()}, asyncua {asyncua.__version__}, {os.cpu_count()} CPUs; "

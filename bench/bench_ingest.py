@@ -6,7 +6,7 @@ Run on demand (not part of the tests)::
     .venv/bin/python -m bench.bench_ingest --events 200000 --latency-s 10
     .venv/bin/python -m bench.bench_ingest --profile            # cProfile of the collector's threads
 
-It starts a throwaway PostgreSQL and Mosquitto (robodensity.embedded), a registry of
+It starts a throwaway PostgreSQL and Mosquitto (robodensity.app.embedded), a registry of
 ``--robots`` robots in ``--agents`` factories, and one collector (threads of this process).
 A separate publisher process (multiprocessing, spawn) generates wire-contract batches of
 ``--batch`` events -- generation is not timed -- and then:
@@ -48,13 +48,13 @@ from typing import Any
 import psutil
 import psycopg
 
-from collector.consume import DEFAULT_WRITERS, Collector
-from collector.db import connect, migrate
-from collector.validate import Incoming
-from collector.write import COPY_TYPES, EVENT_COLUMNS, Committed, Writer
-from robodensity import wire
-from robodensity.embedded import embedded_mosquitto, embedded_postgres
-from robodensity.settings import load_settings
+from robodensity.app.embedded import embedded_mosquitto, embedded_postgres
+from robodensity.collector.consume import DEFAULT_WRITERS, Collector
+from robodensity.collector.validate import Incoming
+from robodensity.collector.write import COPY_TYPES, EVENT_COLUMNS, Committed, Writer
+from robodensity.core import wire
+from robodensity.core.settings import load_settings
+from robodensity.storage.db import connect, migrate
 
 SCHEMA = "bench"
 GOAL_EVENTS_S = 100_000

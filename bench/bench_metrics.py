@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metrics.state_time import seconds_in_state
-from metrics.states import N_STATES, OFFLINE
+from robodensity.metrics.state_time import seconds_in_state
+from robodensity.metrics.states import N_STATES, OFFLINE
 
 US = 1_000_000
 DAY_S = 86_400

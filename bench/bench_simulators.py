@@ -69,7 +69,7 @@ class _Writer:
 
 class _ControllerWriter(_Writer):
     def __init__(self, ctl: Any, keys: Sequence[str]) -> None:
-        from robodensity.wire import State
+        from robodensity.core.wire import State
 
         self.ctl, self.keys = ctl, keys
         self.states = (State.EXECUTING, State.IDLE)
@@ -97,8 +97,12 @@ class _BareWriter(_Writer):
 
 
 async def _start_controller(n: int) -> tuple[Any, _Writer, list[str]]:
-    from edge.normalise import STATE_SIGNALS, TOTAL_ENERGY_CONSUMPTION, TOTAL_POWER_ON_TIME
-    from simulators.opcua_controller import OpcUaController, SimRobot
+    from robodensity.simulators.opcua_controller import OpcUaController, SimRobot
+    from robodensity.simulators.opcua_controller.model import (
+        STATE_SIGNALS,
+        TOTAL_ENERGY_CONSUMPTION,
+        TOTAL_POWER_ON_TIME,
+    )
 
     robots = [SimRobot("ABB", f"IRB-{i:05d}", "IRB 6700") for i in range(n)]
     ctl = OpcUaController(robots, name="bench")
@@ -109,7 +113,7 @@ async def _start_controller(n: int) -> tuple[Any, _Writer, list[str]]:
 
 
 async def _start_bare(n: int) -> tuple[Any, _Writer, list[str]]:
-    from simulators.opcua_controller import _free_port
+    from robodensity.simulators.opcua_controller import _free_port
 
     server = Server()
     await server.init()
@@ -205,7 +209,7 @@ def client_process(url: str, nodes: Sequence[str], conn: Connection) -> None:
 
 
 async def _client(url: str, nodes: Sequence[str], conn: Connection) -> None:
-    from edge.sources.opcua import monitored_item  # the same request the edge makes, nothing else of it
+    from robodensity.edge.sources.opcua import monitored_item  # the same request the edge makes, nothing else of it
 
     client = Client(url, timeout=30)
     await client.connect()

@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from collector.db import connect, migrate
-from edge.agent import EdgeAgent
-from robodensity.embedded import embedded_mosquitto, embedded_postgres
+from robodensity.app.embedded import embedded_mosquitto, embedded_postgres
+from robodensity.edge.agent import EdgeAgent
+from robodensity.storage.db import connect, migrate
 from tests.faultproxy import FaultProxy
 from tests.rig import PacedSource, rig_settings, run_scenario
 

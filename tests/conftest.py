@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from collector.db import drop_schema, migrate
-from robodensity.embedded import embedded_mosquitto, embedded_postgres
+from robodensity.app.embedded import embedded_mosquitto, embedded_postgres
+from robodensity.storage.db import drop_schema, migrate
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import struct
 import threading
 from dataclasses import dataclass
 
-from robodensity.embedded import free_port
+from robodensity.app.embedded import free_port
 
 
 @dataclass

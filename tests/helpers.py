@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from collector.consume import Collector
-from collector.db import connect
-from collector.registry import import_registry
-from robodensity.settings import Settings
-from robodensity.wire import Reading
-from simulators.province import Province, write_registry_csv
+from robodensity.collector.consume import Collector
+from robodensity.core.settings import Settings
+from robodensity.core.wire import Reading
+from robodensity.simulators.province import Province, write_registry_csv
+from robodensity.storage.db import connect
+from robodensity.storage.registry import import_registry
 
 
 def wait_until(cond: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:

@@ -18,10 +18,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from collector.db import connect
-from edge.agent import EdgeAgent
-from robodensity.settings import Settings, load_settings
-from robodensity.wire import Counter, Reading, RobotId, State
+from robodensity.core.settings import Settings, load_settings
+from robodensity.core.wire import Counter, Reading, RobotId, State
+from robodensity.edge.agent import EdgeAgent
+from robodensity.storage.db import connect
 from tests.helpers import running_collector, wait_until_async
 
 RESULTS = Path(__file__).parent.parent / "out" / "reliability-results.jsonl"

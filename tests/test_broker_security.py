@@ -12,12 +12,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.db import connect
-from edge.agent import EdgeAgent
-from edge.outbox import Outbox
-from robodensity.embedded import embedded_mosquitto, free_port
-from robodensity.settings import Settings, load_settings
-from robodensity.wire import Reading, RobotId, State
+from robodensity.app.embedded import embedded_mosquitto, free_port
+from robodensity.core.settings import Settings, load_settings
+from robodensity.core.wire import Reading, RobotId, State
+from robodensity.edge.agent import EdgeAgent
+from robodensity.edge.outbox import Outbox
+from robodensity.storage.db import connect
 from tests.certs import TestCA
 from tests.helpers import running_collector, wait_until_async
 

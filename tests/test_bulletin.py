@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from collector.db import connect, drop_schema, migrate
-from dashboards.bulletin import chromium, find_chromium, month_period, write_bulletin
-from robodensity import metrics_job
-from robodensity.errors import ConfigError, DatabaseError
-from robodensity.metrics_job import LOCAL_TZ
-from simulators.load import load_province
-from simulators.province import Province, ProvinceSpec, generate
+from robodensity.app import metrics_job
+from robodensity.app.metrics_job import LOCAL_TZ
+from robodensity.core.errors import ConfigError, DatabaseError
+from robodensity.dashboards.bulletin import chromium, find_chromium, month_period, write_bulletin
+from robodensity.simulators.load import load_province
+from robodensity.simulators.province import Province, ProvinceSpec, generate
+from robodensity.storage.db import connect, drop_schema, migrate
 
 START = datetime(2026, 1, 1, tzinfo=LOCAL_TZ)
 FEB = datetime(2026, 2, 1, tzinfo=LOCAL_TZ)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -12,18 +15,18 @@ import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from collector.db import connect
-from robodensity import metrics_job
-from robodensity.cli import app
-from robodensity.report import subsidy_evidence
-from simulators.load import load_province
-from simulators.province import ProvinceSpec, generate
+from robodensity.app import metrics_job
+from robodensity.app.cli import app
+from robodensity.app.report import subsidy_evidence
+from robodensity.simulators.load import load_province
+from robodensity.simulators.province import ProvinceSpec, generate
+from robodensity.storage.db import connect
 
 runner = CliRunner()
 
 
 def _commands(group: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    out = []
+    out: list[tuple[str, ...]] = []
     for name, cmd in getattr(group, "commands", {}).items():
         out += _commands(cmd, (*prefix, name)) if hasattr(cmd, "commands") else [(*prefix, name)]
     return out
@@ -45,6 +48,12 @@ def test_the_user_verbs_are_all_there() -> None:
         "simulate province",
         "registry import",
         "metrics stock",
+        "db role create",
+        "db role list",
+        "db role drop",
+        "dashboards build",
+        "dashboards provision",
+        "report bulletin",
     } <= names
 
 
@@ -60,6 +69,60 @@ def test_a_missing_database_url_is_one_clear_line(monkeypatch: pytest.MonkeyPatc
     result = runner.invoke(app, ["report", "density", "--region", "320000"])
     assert result.exit_code == 2
     assert "database.url is not set" in result.output
+
+
+LONG = "/".join(["a-folder-name-long-enough-to-need-wrapping"] * 6)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["report", "density", "--region", "320000", "--config", f"/{LONG}/robodensity.toml"],
+            [f"error: settings file /{LONG}/robodensity.toml does not exist"],
+        ),
+        (
+            ["metrics", "stock", "--installations", f"/{LONG}/installations.csv"],
+            [f"error: /{LONG}/installations.csv: no such file"],
+        ),
+        (
+            ["registry", "import", f"/{LONG}/registry"],
+            [
+                f"error: /{LONG}/registry: 1 problem(s), nothing imported:",
+                f"/{LONG}/registry:1: (file): no such file or folder",
+            ],
+        ),
+    ],
+    ids=["config", "stock", "registry"],
+)
+def test_errors_are_never_wrapped_when_stderr_is_a_pipe(pg_url: str, args: list[str], expected: list[str]) -> None:
+    """As under journald or cron: stderr is no terminal and COLUMNS is unset."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env["ROBODENSITY_DATABASE__URL"] = pg_url
+    result = subprocess.run(
+        [sys.executable, "-m", "robodensity.app.cli", *args], capture_output=True, text=True, env=env, check=False
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == expected
+
+
+def test_usage_errors_are_plain_unwrapped_lines_when_stderr_is_a_pipe() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    args = ["metrics", "stock", "--installations", f"/{LONG}.csv", "--service-life", "twelve"]
+    result = subprocess.run(
+        [sys.executable, "-m", "robodensity.app.cli", *args], capture_output=True, text=True, env=env, check=False
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith("Error: Invalid value for '--service-life': ")
+    assert "│" not in result.stderr  # no rich panel
+
+
+def test_a_bad_installation_row_names_file_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "inst.csv"
+    path.write_text("year,installations\n2015,1000\n2016,many\n")
+    result = runner.invoke(app, ["metrics", "stock", "--installations", str(path)])
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [f"error: {path}:3: installations: 'many' is not a number"]
 
 
 def test_operational_stock_from_an_installation_series(tmp_path: Path) -> None:
@@ -118,7 +181,7 @@ def test_subsidy_evidence_counts_the_robots_before_and_after(filled: dict, pg_ur
 def test_json_logs_are_one_object_per_line() -> None:
     import logging
 
-    from robodensity.cli import JsonFormatter
+    from robodensity.app.cli import JsonFormatter
 
     record = logging.LogRecord("edge.uplink", logging.WARNING, __file__, 1, "uplink lost (%s)", ("timeout",), None)
     doc = json.loads(JsonFormatter().format(record))
@@ -132,7 +195,7 @@ def test_an_unknown_log_format_is_refused() -> None:
 
 
 def test_target_outlook_follows_the_density_trend(pg_url: str, schema: str, tmp_path: Path) -> None:
-    from robodensity.report import target_outlook
+    from robodensity.app.report import target_outlook
 
     province = generate(ProvinceSpec(robots=30), seed=4)
     end = datetime(2026, 11, 1, tzinfo=metrics_job.LOCAL_TZ)

@@ -11,13 +11,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.db import connect
-from collector.validate import Incoming
-from collector.write import Writer
-from robodensity import wire
-from robodensity.settings import load_settings
-from robodensity.wire import Batch, Event, Reading, RobotId, State
-from simulators.province import CitySpec, ProvinceSpec, generate
+from robodensity.collector.validate import Incoming
+from robodensity.collector.write import Writer
+from robodensity.core import wire
+from robodensity.core.settings import load_settings
+from robodensity.core.wire import Batch, Event, Reading, RobotId, State
+from robodensity.simulators.province import CitySpec, ProvinceSpec, generate
+from robodensity.storage.db import connect
 from tests.helpers import import_province, running_collector, wait_until
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -96,6 +96,7 @@ MALFORMED = {
     "not JSON": (b"{oops", "payload"),
     "invalid UTF-8": (b'{"v": 1, "agent": "\xff"}', "payload"),
     "over the size limit": (b" " * (wire.MAX_PAYLOAD_BYTES + 1), "payload"),
+    "over the event limit": (_doc(*[{}] * (wire.MAX_BATCH_EVENTS + 1)), "events"),
     "wrong type": (_doc(_event_json(seq="1")), "events[0].seq"),
     "NaN": (
         _doc(_event_json(type="counter", counter="cycles", value=0)).replace(b'"value": 0', b'"value": NaN'),

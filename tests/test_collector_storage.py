@@ -1,5 +1,5 @@
 """Event storage on a real PostgreSQL: fast decoding, partitions and the idempotency key,
-state intervals, rollups, dead letters, and a collector that survives database and broker
+state intervals, dead letters, and a collector that survives database and broker
 outages without losing or doubling anything."""
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector import rollups
-from collector.db import connect, drop_schema, migrate, migrations
-from collector.decode import decode_rows, event_to_row
-from collector.validate import Incoming, validate_message, validate_rows
-from collector.write import Writer
-from robodensity import wire
-from robodensity.embedded import embedded_mosquitto, free_port
-from robodensity.settings import load_settings
-from robodensity.wire import Batch, Counter, Event, Reading, RobotId, State
+from robodensity.app.embedded import embedded_mosquitto, free_port
+from robodensity.collector.validate import Incoming, validate_message, validate_rows
+from robodensity.collector.write import Writer
+from robodensity.core import wire
+from robodensity.core.settings import load_settings
+from robodensity.core.wire import Batch, Counter, Event, Reading, RobotId, State, decode_rows, event_to_row
+from robodensity.storage import rollups
+from robodensity.storage.db import connect, drop_schema, migrate, migrations
 from tests.helpers import running_collector, wait_until
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -354,40 +353,7 @@ def test_counters_and_alarms_make_no_intervals(writer: Writer) -> None:
     assert _stored_intervals(writer.conn) == []
 
 
-# ------------------------------------------------------------------ rollups
-
-
-def test_rollups_count_seconds_per_state_per_quarter_hour_and_local_day(writer: Writer) -> None:
-    robot = RobotId("KUKA", "S1")
-    t0 = datetime(2026, 1, 5, 2, 0, tzinfo=UTC)  # 10:00 China Standard Time
-    writer.flush(
-        [
-            _msg(
-                [
-                    _state(1, robot, t0, State.IDLE),
-                    _state(2, robot, t0 + timedelta(minutes=10), State.EXECUTING),
-                    _state(3, robot, t0 + timedelta(minutes=40), State.OFFLINE),
-                ]
-            )
-        ]
-    )
-    assert rollups.refresh(writer.conn, t0, t0 + timedelta(hours=1), as_of=t0 + timedelta(hours=1)) == 4
-    rows = writer.conn.execute(
-        "SELECT bucket, executing_s, idle_s, offline_s, utilisation FROM v_robot_state_15m ORDER BY bucket"
-    ).fetchall()
-    q = timedelta(minutes=15)
-    assert rows == [
-        (t0, 300.0, 600.0, 0.0, 300 / 900),
-        (t0 + q, 900.0, 0.0, 0.0, 1.0),
-        (t0 + 2 * q, 600.0, 0.0, 300.0, 600 / 900),
-        (t0 + 3 * q, 0.0, 0.0, 900.0, 0.0),
-    ]
-    daily = writer.conn.execute("SELECT day, executing_s, idle_s, offline_s FROM v_robot_state_daily").fetchall()
-    assert daily == [(t0.date(), 1800.0, 600.0, 1200.0)]
-    # Refreshing again, or for an overlapping period, changes nothing.
-    rollups.refresh(writer.conn, t0 - timedelta(hours=5), t0 + timedelta(minutes=1), as_of=t0 + timedelta(hours=1))
-    again = writer.conn.execute("SELECT day, executing_s, idle_s, offline_s FROM v_robot_state_daily").fetchall()
-    assert again == daily
+# ------------------------------------------------------------------ event counts and storage mode
 
 
 def test_event_counts_per_quarter_hour_are_a_view_in_both_modes(writer: Writer) -> None:

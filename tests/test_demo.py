@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robodensity.demo import run_demo
-from robodensity.settings import load_settings
-from robodensity.wire import State
-from simulators.province import CitySpec, ProvinceSpec
+from robodensity.app.demo import run_demo
+from robodensity.core.settings import load_settings
+from robodensity.core.wire import State
+from robodensity.simulators.province import CitySpec, ProvinceSpec
 
 pytestmark = pytest.mark.slow
 

@@ -16,11 +16,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from collector.db import connect
-from robodensity.embedded import free_port
-from robodensity.settings import load_settings
-from robodensity.wire import State
-from simulators.mqtt_robot import MqttRobots, topic_for
+from robodensity.app.embedded import free_port
+from robodensity.core.settings import load_settings
+from robodensity.core.wire import State
+from robodensity.simulators.mqtt_robot import MqttRobots, topic_for
+from robodensity.storage.db import connect
 from tests.helpers import running_collector, wait_until
 
 pytestmark = pytest.mark.slow
@@ -64,7 +64,7 @@ def test_kill_9_of_the_agent_loses_and_doubles_nothing(
         f'[[edge.mqtt_json]]\nurl = "{broker_url}"\ntopic = "{topic_for(factory)}"\nclient_id = "{source_id}"\n'
     )
     _pre_subscribe(broker_url, source_id, topic_for(factory))
-    cmd = [sys.executable, "-m", "robodensity.cli", "edge", "run", "--config", str(config)]
+    cmd = [sys.executable, "-m", "robodensity.app.cli", "edge", "run", "--config", str(config)]
     settings = load_settings(collector={"share_group": schema})
     keys = [f"FANUC/K{i:03d}" for i in range(20)]
     t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metrics.density import region_ancestors, region_levels, robot_density, rollup
+from robodensity.metrics.density import region_ancestors, region_levels, robot_density, rollup
 
 REFERENCE = Path("/work/shared/reference/ifr_density.csv")
 

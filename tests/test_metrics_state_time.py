@@ -9,16 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metrics import state_time
-from metrics.state_time import (
+from robodensity.core.wire import State
+from robodensity.metrics import state_time
+from robodensity.metrics.state_time import (
     attribute,
-    monthly_buckets,
+    group_at,
     seconds_in_buckets,
     seconds_in_state,
-    seconds_in_state_by_group,
     utilisation,
 )
-from metrics.states import (
+from robodensity.metrics.states import (
     EXECUTING,
     FAULT,
     IDLE,
@@ -28,7 +28,6 @@ from metrics.states import (
     STATES,
     state_codes,
 )
-from robodensity.wire import State
 
 S = 1_000_000  # µs per second
 MIN = 60 * S
@@ -43,8 +42,8 @@ def reference(events, n_robots, edges):
     out = np.zeros((n_robots, len(edges) - 1, N_STATES))
     for r in range(n_robots):
         mine = [(t, s) for rr, t, s in events if rr == r]
-        # Before the first event the robot is OFFLINE; the last state holds past the end.
-        points = [(-(2**62), OFFLINE), *mine]
+        # Before the first event nothing is covered; the last state holds past the end.
+        points = mine
         for i, (t0, s0) in enumerate(points):
             t1 = points[i + 1][0] if i + 1 < len(points) else 2**62
             for k in range(len(edges) - 1):
@@ -117,10 +116,11 @@ def test_event_before_window_sets_state_at_start():
     assert s[0, 0, EXECUTING] == 2700 and s[0, 0, FAULT] == 900
 
 
-def test_robot_is_offline_before_its_first_event_and_without_events():
+def test_only_time_from_a_robots_first_event_is_covered():
     s = seconds_in_state([0], [15 * MIN], [IDLE], 2, 0, H)
-    assert s[0, 0, OFFLINE] == 900 and s[0, 0, IDLE] == 2700
-    assert s[1, 0, OFFLINE] == 3600
+    assert s[0, 0, OFFLINE] == 0 and s[0, 0, IDLE] == 2700 and s[0, 0].sum() == 2700
+    assert s[1, 0].sum() == 0  # no events: nothing covered
+    assert np.isnan(utilisation(s)[1, 0])
 
 
 def test_events_after_end_are_ignored():
@@ -135,7 +135,8 @@ def test_interval_spanning_days_fills_whole_buckets():
     s = seconds_in_state([0, 0], ts, [EXECUTING, IDLE], 1, start, start + np.timedelta64(4, "D"), day)
     assert s[0, :, EXECUTING].tolist() == [43_200, 86_400, 21_600, 0]
     assert s[0, :, IDLE].tolist() == [0, 0, 64_800, 86_400]
-    assert s[0, :, OFFLINE].tolist() == [43_200, 0, 0, 0]
+    assert s[0, :, OFFLINE].tolist() == [0, 0, 0, 0]
+    assert s[0].sum(axis=-1).tolist() == [43_200, 86_400, 86_400, 86_400]
 
 
 def test_last_bucket_is_clipped_at_end():
@@ -143,9 +144,8 @@ def test_last_bucket_is_clipped_at_end():
     assert s.sum(axis=-1)[0].tolist() == [3600, 3600, 1800]
 
 
-def test_monthly_buckets_follow_month_lengths_in_local_time():
-    edges = monthly_buckets("2024-01", "2024-03", utc_offset_s=8 * 3600)
-    assert edges[0] == np.datetime64("2023-12-31T16:00", "us")
+def test_explicit_edges_follow_month_lengths():
+    edges = np.array(["2024-01-01", "2024-02-01", "2024-03-01", "2024-04-01"], dtype="datetime64[us]")
     s = seconds_in_buckets([0], edges[:1], [EXECUTING], 1, edges)
     assert (s[0, :, EXECUTING] / 86_400).tolist() == [31, 29, 31]
 
@@ -176,13 +176,16 @@ def test_utilisation_is_nan_without_calendar_time():
 
 @settings(max_examples=300, deadline=None)
 @given(fleets())
-def test_seconds_in_state_sum_to_bucket_length(fleet):
+def test_seconds_in_state_sum_to_covered_time(fleet):
     events, n_robots, start, end, bucket_s = fleet
     s = seconds_in_state(*arrays(events), n_robots, start, end, bucket_s)
-    lengths = np.diff(uniform_edges(start, end, bucket_s)) / S
-    assert s.shape == (n_robots, len(lengths), N_STATES)
+    edges = np.array(uniform_edges(start, end, bucket_s))
+    assert s.shape == (n_robots, len(edges) - 1, N_STATES)
     assert (s >= 0).all()
-    np.testing.assert_allclose(s.sum(axis=-1), np.broadcast_to(lengths, s.shape[:2]), rtol=0, atol=1e-6)
+    for r in range(n_robots):
+        first = min((t for rr, t, _ in events if rr == r), default=2**62)
+        covered = (edges[1:] - np.clip(first, edges[:-1], edges[1:])) / S
+        np.testing.assert_allclose(s[r].sum(axis=-1), covered, rtol=0, atol=1e-6)
 
 
 @settings(max_examples=300, deadline=None)
@@ -216,55 +219,15 @@ def test_explicit_edges_match_reference(fleet, widths):
 # ---------------------------------------------------------------- relocation
 
 
-@st.composite
-def moves(draw, n_robots, start, end):
-    """Assignments sorted by robot then time: (robot, from_ts, group)."""
-    out = []
-    for r in range(n_robots):
-        times = sorted(draw(st.lists(st.integers(start - 3 * S, end + 3 * S), max_size=4)))
-        out += [(r, t, draw(st.integers(-1, 2))) for t in times]
-    return out
+def test_group_at_follows_each_robots_assignments():
+    # Robot 0 in group 0 from day 10, group 1 from day 12; robot 1 unassigned from day 11; robot 2 never assigned.
+    got = group_at([0, 0, 1, 1], [10, 12, 5, 11], [0, 1, 2, -1], 3, np.arange(9, 14))
+    assert got.tolist() == [[-1, 0, 0, 1, 1], [2, 2, -1, -1, -1], [-1, -1, -1, -1, -1]]
 
 
-def reference_by_group(events, assignments, n_robots, n_groups, edges):
-    """Split each robot's reference time at its moves and add it to the group it was in."""
-    out = np.zeros((n_groups, len(edges) - 1, N_STATES))
-    per_robot_edges_cache = {}
-    for r in range(n_robots):
-        mine = [(t, g) for rr, t, g in assignments if rr == r]
-        periods = [(t, mine[i + 1][0] if i + 1 < len(mine) else 2**62, g) for i, (t, g) in enumerate(mine)]
-        for lo, hi, g in periods:
-            if g < 0 or hi <= lo:
-                continue
-            for k in range(len(edges) - 1):
-                a, b = max(lo, edges[k]), min(hi, edges[k + 1])
-                if b <= a:
-                    continue
-                key = (r, a, b)
-                if key not in per_robot_edges_cache:
-                    per_robot_edges_cache[key] = reference(events, n_robots, [a, b])[r, 0]
-                out[g, k] += per_robot_edges_cache[key]
-    return out
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.data())
-def test_relocated_robot_time_goes_to_the_factory_it_was_in(data):
-    events, n_robots, start, end, bucket_s = data.draw(fleets())
-    assignments = data.draw(moves(n_robots, start, end))
-    n_groups = 3
-    ar = np.array([a[0] for a in assignments], dtype=np.int64)
-    at = np.array([a[1] for a in assignments], dtype=np.int64)
-    ag = np.array([a[2] for a in assignments], dtype=np.int64)
-    got = seconds_in_state_by_group(*arrays(events), n_robots, start, end, ar, at, ag, n_groups, bucket_s)
-    want = reference_by_group(events, assignments, n_robots, n_groups, uniform_edges(start, end, bucket_s))
-    np.testing.assert_allclose(got, want, atol=1e-6)
-
-
-def test_robot_moved_mid_day_splits_its_day_between_factories():
-    # Robot 0 EXECUTING all day; leased from factory 0 to factory 1 at 10:00.
-    got = seconds_in_state_by_group([0], [0], [EXECUTING], 1, 0, 24 * H, [0, 0], [0, 10 * H], [0, 1], 2)
-    assert got[:, 0, EXECUTING].tolist() == [36_000, 50_400]
+def test_group_at_rejects_unsorted_assignments():
+    with pytest.raises(ValueError, match="sorted"):
+        group_at([0, 0], [12, 10], [0, 1], 1, np.arange(3))
 
 
 @settings(max_examples=100, deadline=None)
@@ -284,12 +247,11 @@ def test_attribute_sums_robot_buckets_into_groups(fleet, data):
     np.testing.assert_allclose(got, want)
 
 
-def test_attribute_with_fixed_assignment_equals_by_group_without_moves():
-    robot, ts, state = [0, 0, 1], [0, 20 * MIN, 5 * MIN], [EXECUTING, IDLE, FAULT]
-    s = seconds_in_state(robot, ts, state, 2, 0, 2 * H, bucket_s=3600)
-    by_bucket = attribute(s, np.array([1, 0]), 2)
-    exact = seconds_in_state_by_group(robot, ts, state, 2, 0, 2 * H, [0, 1], [0, 0], [1, 0], 2, 3600)
-    np.testing.assert_allclose(by_bucket, exact)
+def test_a_robot_moved_at_a_day_edge_counts_each_day_at_its_factory():
+    # Robot 0 EXECUTING for three days, leased from factory 0 to factory 1 from day 1.
+    s = seconds_in_state([0], [0], [EXECUTING], 1, 0, 72 * H, bucket_s=86_400)
+    got = attribute(s, group_at([0, 0], [0, 1], [0, 1], 1, np.arange(3)), 2)
+    assert got[:, :, EXECUTING].tolist() == [[86_400, 0, 0], [0, 86_400, 86_400]]
 
 
 def test_nat_timestamps_are_rejected():

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metrics.stock import ifr_operational_stock, retirements
+from robodensity.metrics.stock import ifr_operational_stock, retirements
 
 # China, annual installations of industrial robots [units], IFR World Robotics.
 # 2011-2019 as published in the World Robotics press releases of the following years;

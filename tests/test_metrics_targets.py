@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metrics.targets import linear_trend, month_reached, on_track, target_progress, to_days
+from robodensity.metrics.targets import linear_trend, month_reached, on_track, target_progress, to_days
 
 TARGETS = Path("/work/shared/reference/targets.csv")
 IFR = Path("/work/shared/reference/ifr_density.csv")

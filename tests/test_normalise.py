@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.normalise import (
+from robodensity.core.wire import State
+from robodensity.edge.normalise import (
     EMERGENCY_STOP,
     IN_CONTROL,
     ON_PATH,
@@ -20,7 +21,6 @@ from edge.normalise import (
     format_duration_s,
     parse_duration_s,
 )
-from robodensity.wire import State
 
 EXECUTING = dict(SIGNALS_FOR_STATE[State.EXECUTING])
 

@@ -16,13 +16,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge.normalise import ON_PATH
-from edge.sources.opcua import OpcUaSource, discover
-from robodensity.errors import ConfigError, SourceConnectError, SourceError
-from robodensity.settings import OpcUaSourceSettings
-from robodensity.wire import Counter, EventType, Quality, Reading, RobotId, State
-from simulators.behaviour import Profile, SimClock, state_schedule
-from simulators.opcua_controller import APPLICATION_URI, VENDOR_MAPPING_TOML, OpcUaController, SimRobot, _free_port
+from robodensity.core.errors import ConfigError, SourceConnectError, SourceError
+from robodensity.core.settings import OpcUaSourceSettings
+from robodensity.core.wire import Counter, EventType, Quality, Reading, RobotId, State
+from robodensity.edge.normalise import ON_PATH
+from robodensity.edge.sources.opcua import OpcUaSource, discover
+from robodensity.simulators.behaviour import Profile, SimClock, state_schedule
+from robodensity.simulators.opcua_controller import (
+    APPLICATION_URI,
+    VENDOR_MAPPING_TOML,
+    OpcUaController,
+    SimRobot,
+    _free_port,
+)
 from tests.helpers import collect_until
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
@@ -72,16 +78,6 @@ async def initial_states(it: AsyncIterator[Reading], robots: list[SimRobot]) -> 
 
 
 # -- settings and discovery ------------------------------------------------------------
-
-
-def test_no_security_is_refused_off_loopback() -> None:
-    with pytest.raises(ConfigError, match="security_policy"):
-        OpcUaSource(settings("opc.tcp://10.1.2.3:4840"))
-
-
-def test_a_policy_needs_certificates() -> None:
-    with pytest.raises(ConfigError, match="certificate"):
-        OpcUaSource(settings("opc.tcp://10.1.2.3:4840", security_policy="Basic256Sha256"))
 
 
 @shared_loop

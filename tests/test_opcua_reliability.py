@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from collector.db import connect
-from edge.agent import EdgeAgent
-from edge.sources.opcua import OpcUaSource
-from robodensity.settings import OpcUaSourceSettings
-from robodensity.wire import State
-from simulators.opcua_controller import OpcUaController, SimRobot, _free_port
+from robodensity.core.settings import OpcUaSourceSettings
+from robodensity.core.wire import State
+from robodensity.edge.agent import EdgeAgent
+from robodensity.edge.sources.opcua import OpcUaSource
+from robodensity.simulators.opcua_controller import OpcUaController, SimRobot, _free_port
+from robodensity.storage.db import connect
 from tests.helpers import running_collector, wait_until_async
 from tests.rig import rig_settings
 

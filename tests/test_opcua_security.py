@@ -1,5 +1,6 @@
 """Access control of the simulated controller and the edge's errors when it is refused.
 
+Settings that cannot work are refused when they load, naming the key, before any I/O.
 Real asyncua servers on free loopback ports. That the edge refuses a server whose
 certificate is not in its ``trust_dir`` is tested in
 ``test_opcua.py::test_basic256sha256_sign_and_encrypt_with_a_trusted_server``.
@@ -18,9 +19,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from edge.sources.opcua import discover
-from robodensity.errors import SourceConnectError
-from simulators.opcua_controller import APPLICATION_URI, VENDOR_MAPPING_TOML, OpcUaController
+from robodensity.core.errors import ConfigError, SourceConnectError
+from robodensity.core.settings import load_settings
+from robodensity.edge.sources.opcua import LoginRefused, OpcUaSource, discover
+from robodensity.edge.sources.opcua.subscribe import LOGIN_ATTEMPTS
+from robodensity.simulators.opcua_controller import APPLICATION_URI, VENDOR_MAPPING_TOML, OpcUaController
 from tests.certs import TestCA
 from tests.test_opcua import ROBOTS, make_certificate, settings
 
@@ -61,6 +64,51 @@ def issue_client(ca: TestCA, folder: Path, name: str) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+def refusal(**opcua: object) -> str:
+    """The ConfigError of settings whose third [[edge.opcua]] server is ``opcua``."""
+    local = {"url": "opc.tcp://127.0.0.1:4840"}
+    with pytest.raises(ConfigError) as info:
+        load_settings(edge={"opcua": [local, local, {k: str(v) for k, v in opcua.items()}]})
+    return str(info.value)
+
+
+def test_settings_refuse_what_cannot_work_naming_the_key(tmp_path: Path) -> None:
+    cert, key = make_certificate(tmp_path, "edge", "urn:robodensity:edge")
+    empty, trust, plain_key = tmp_path / "empty", tmp_path / "trust", tmp_path / "edge.key"
+    empty.mkdir()
+    trust.mkdir()
+    (trust / cert.name).write_bytes(cert.read_bytes())
+    plain_key.write_bytes(key.read_bytes())
+    remote = "opc.tcp://192.0.2.10:4840"
+    secure = {"url": remote, "security_policy": "Basic256Sha256", "certificate": cert, "private_key": key,
+              "trust_dir": trust}  # fmt: skip
+    assert refusal(url=remote).startswith(
+        "edge.opcua[2].security_policy: must be one of Basic256Sha256, Aes128_Sha256_RsaOaep, "
+        f"Aes256_Sha256_RsaPss for the non-loopback url {remote}"
+    )
+    text = refusal(url=remote, security_policy="Basic256Sha256")
+    for key_name in ("certificate", "private_key", "trust_dir"):
+        assert f"edge.opcua[2].{key_name}: is required with security_policy Basic256Sha256" in text
+    missing = tmp_path / "missing.pem"
+    assert f"edge.opcua[2].certificate: file {missing} does not exist" in refusal(**(secure | {"certificate": missing}))
+    assert f"edge.opcua[2].private_key: file {missing} does not exist" in refusal(**(secure | {"private_key": missing}))
+    assert f"edge.opcua[2].private_key: {plain_key} holds a PEM key: name it *.pem" in refusal(
+        **(secure | {"private_key": plain_key})
+    )
+    assert f"edge.opcua[2].trust_dir: folder {empty} holds no certificate" in refusal(**(secure | {"trust_dir": empty}))
+    assert f"edge.opcua[2].trust_dir: {cert} is not a folder" in refusal(**(secure | {"trust_dir": cert}))
+    assert f"edge.opcua[2].trust_dir: folder {missing} does not exist" in refusal(**(secure | {"trust_dir": missing}))
+    text = refusal(url="opc.tcp://localhost:4840", password=PASSWORD)
+    assert text.startswith("edge.opcua[2].password: is set but username is not")
+    assert PASSWORD not in text
+    assert f"edge.opcua[2].mapping_file: file {missing} does not exist" in refusal(
+        url="opc.tcp://[::1]:4840", mapping_file=missing
+    )
+    # and what passes: loopback without security, a remote server with all of it
+    settings = load_settings(edge={"opcua": [{"url": "opc.tcp://localhost:4840"}, secure]}).edge.opcua
+    assert [s.security_policy for s in settings] == [None, "Basic256Sha256"]
+
+
 def assert_no_password(exc: BaseException) -> None:
     for text in (str(exc), repr(exc), repr(exc.__cause__)):
         assert PASSWORD not in text and WRONG not in text
@@ -85,6 +133,19 @@ async def test_a_wrong_password_is_refused_and_the_right_one_finds_the_robots(lo
         assert_no_password(info.value)
     found = await discover(settings(locked.url, username="operator", password=PASSWORD))
     assert {(d.manufacturer, d.serial) for d in found} == {(r.manufacturer, r.serial) for r in ROBOTS}
+
+
+@shared_loop
+async def test_a_login_refused_again_and_again_becomes_a_config_error(locked: OpcUaController) -> None:
+    source = OpcUaSource(settings(locked.url, username="operator", password=WRONG))
+    for _ in range(LOGIN_ATTEMPTS - 1):
+        with pytest.raises(LoginRefused):
+            await source.__aenter__()  # what the agent's reader does on each retry
+    with pytest.raises(ConfigError) as info:
+        await source.__aenter__()
+    assert f"refused {LOGIN_ATTEMPTS} times in a row, giving up" in str(info.value)
+    assert "user 'operator'" in str(info.value) and "check username and password" in str(info.value)
+    assert_no_password(info.value)
 
 
 async def test_users_with_anonymous_allowed_still_check_passwords(tmp_path: Path) -> None:

@@ -12,7 +12,9 @@ import pytest
 import pytest_asyncio
 from asyncua import Client, ua
 
-from edge.normalise import (
+from robodensity.core.settings import OpcUaSourceSettings
+from robodensity.core.wire import EventType, Quality, Reading, RobotId, State
+from robodensity.edge.normalise import (
     IN_CONTROL,
     MACHINERY_ITEM_STATE,
     ON_PATH,
@@ -22,10 +24,8 @@ from edge.normalise import (
     STATE_MACHINES_FOR_STATE,
     derive_state,
 )
-from edge.sources.opcua import OpcUaSource, discover
-from robodensity.settings import OpcUaSourceSettings
-from robodensity.wire import EventType, Quality, Reading, RobotId, State
-from simulators.opcua_controller import MACHINERY_NS, ROBOTICS_NS, SIM_NS, OpcUaController, SimRobot
+from robodensity.edge.sources.opcua import OpcUaSource, discover
+from robodensity.simulators.opcua_controller import MACHINERY_NS, ROBOTICS_NS, SIM_NS, OpcUaController, SimRobot
 from tests.helpers import collect_until
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)

@@ -17,14 +17,14 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from edge.sources.opcua import OpcUaSource, discover
-from metrics.state_time import seconds_in_state
-from metrics.states import EXECUTING, STATES, state_codes
-from robodensity.settings import OpcUaSourceSettings
-from robodensity.wire import EventType, Reading, RobotId, State
-from simulators import behaviour
-from simulators.behaviour import PROFILES, ShiftCalendar, SimClock, state_schedule
-from simulators.opcua_controller import OpcUaController, SimRobot
+from robodensity.core.settings import OpcUaSourceSettings
+from robodensity.core.wire import EventType, Reading, RobotId, State
+from robodensity.edge.sources.opcua import OpcUaSource, discover
+from robodensity.metrics.state_time import seconds_in_state
+from robodensity.metrics.states import EXECUTING, STATES, state_codes
+from robodensity.simulators import behaviour
+from robodensity.simulators.behaviour import PROFILES, ShiftCalendar, SimClock, state_schedule
+from robodensity.simulators.opcua_controller import OpcUaController, SimRobot
 
 pytestmark = pytest.mark.slow
 

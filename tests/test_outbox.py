@@ -11,8 +11,9 @@ import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edge.outbox import Outbox, batch_payload
-from robodensity.wire import Counter, Reading, RobotId, State, decode_batch
+from robodensity.core import wire
+from robodensity.core.wire import Counter, Reading, RobotId, State
+from robodensity.edge.outbox import Outbox
 
 ROBOT = RobotId("ABB", "6700-1")
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
@@ -54,12 +55,32 @@ def test_a_restart_resends_everything_unacknowledged(tmp_path: Path) -> None:
     assert [s for s, _ in Outbox(tmp_path / "o.sqlite").take(10, resend_after_s=3600)] == [1, 2]
 
 
-def test_a_batch_payload_is_a_valid_wire_batch(tmp_path: Path) -> None:
+def test_a_spliced_batch_is_byte_for_byte_the_encoded_batch(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.sqlite")
-    box.add([*_states(2), Reading.of_counter(ROBOT, NOW, Counter.CYCLES, 17)])
-    decoded = decode_batch(batch_payload("a1", "f1", box.take(10, 0)), NOW)
-    assert [e.seq for e in decoded.events] == [1, 2, 3]
-    assert decoded.events[2].reading.value == 17
+    readings = [
+        *_states(2),
+        Reading.of_counter(ROBOT, NOW, Counter.CYCLES, 17),
+        Reading.of_alarm(ROBOT, NOW, "E1", "门开", True),
+    ]
+    box.add(readings)
+    payload = wire.splice_batch("a1", "f1", box.take(10, 0))
+    assert payload == wire.encode_batch(
+        wire.Batch("a1", "f1", tuple(wire.Event(i + 1, r) for i, r in enumerate(readings)))
+    )
+    assert [e.reading for e in wire.decode_batch(payload, NOW).events] == readings
+
+
+def test_a_take_never_exceeds_one_uplink_message(tmp_path: Path) -> None:
+    """Long non-ASCII alarm texts (6 bytes a character once escaped): 500 would make 3 MB."""
+    box = Outbox(tmp_path / "o.sqlite")
+    alarm = Reading.of_alarm(ROBOT, NOW, "E1", "机" * wire.MAX_ALARM_TEXT_CHARS, True)
+    box.add([alarm] * 500)
+    taken = box.take(500, 0)
+    payload = wire.splice_batch("a" * wire.MAX_IDENT_CHARS, "f" * wire.MAX_IDENT_CHARS, taken)
+    assert 100 < len(taken) < 500
+    assert wire.MAX_PAYLOAD_BYTES - 7000 < len(payload) <= wire.MAX_PAYLOAD_BYTES
+    assert len(wire.decode_batch(payload, NOW).events) == len(taken)
+    assert box.take(500, 3600)[0][0] == len(taken) + 1  # the rest stay for the next message
 
 
 def test_when_full_the_oldest_counters_go_and_states_stay(tmp_path: Path) -> None:
@@ -80,8 +101,8 @@ def test_a_killed_writer_loses_nothing_it_reported_stored(tmp_path: Path) -> Non
     script = textwrap.dedent(f"""
         import sys
         from datetime import datetime, timezone
-        from edge.outbox import Outbox
-        from robodensity.wire import Reading, RobotId, State
+        from robodensity.edge.outbox import Outbox
+        from robodensity.core.wire import Reading, RobotId, State
         box = Outbox(__import__("pathlib").Path({str(path)!r}))
         r = Reading.of_state(RobotId("ABB", "1"), datetime.now(timezone.utc), State.IDLE)
         while True:

@@ -6,12 +6,12 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from collector.db import connect
-from edge.agent import EdgeAgent
-from robodensity.settings import MqttJsonSourceSettings, load_settings
-from robodensity.wire import State
-from simulators.mqtt_robot import MqttRobots, topic_for
-from simulators.province import CitySpec, ProvinceSpec, generate
+from robodensity.core.settings import MqttJsonSourceSettings, load_settings
+from robodensity.core.wire import State
+from robodensity.edge.agent import EdgeAgent
+from robodensity.simulators.mqtt_robot import MqttRobots, topic_for
+from robodensity.simulators.province import CitySpec, ProvinceSpec, generate
+from robodensity.storage.db import connect
 from tests.helpers import import_province, running_collector, wait_until_async
 
 

@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from collector.db import connect, migrate
-from edge.agent import EdgeAgent
-from robodensity.embedded import embedded_mosquitto, free_port, running_postgres
+from robodensity.app.embedded import embedded_mosquitto, free_port, running_postgres
+from robodensity.edge.agent import EdgeAgent
+from robodensity.storage.db import connect, migrate
 from tests.faultproxy import FaultProxy
 from tests.helpers import wait_until_async
 from tests.rig import Fault, Outcome, PacedSource, rig_settings, run_scenario, until_stored
@@ -235,7 +235,7 @@ async def test_the_collector_killed_between_commit_and_ack(
         "ROBODENSITY_COLLECTOR__CLIENT_ID": f"c-{schema}",
         "ROBODENSITY_COLLECTOR__FLUSH_MS": "20",
     }
-    cmd = [sys.executable, "-m", "robodensity.cli", "collector", "run", "--schema", schema]
+    cmd = [sys.executable, "-m", "robodensity.app.cli", "collector", "run", "--schema", schema]
     procs: list[subprocess.Popen[bytes]] = []
 
     def start() -> None:

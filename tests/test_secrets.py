@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from collector.db import connect
-from edge.agent import EdgeAgent
-from robodensity.embedded import free_port
-from robodensity.errors import DatabaseError
-from robodensity.settings import load_settings
-from robodensity.wire import Reading, RobotId, State
+from robodensity.app.embedded import free_port
+from robodensity.core.errors import ConfigError, DatabaseError
+from robodensity.core.settings import load_settings
+from robodensity.core.wire import Reading, RobotId, State
+from robodensity.edge.agent import EdgeAgent
+from robodensity.storage.db import connect
 from tests.helpers import running_collector, wait_until_async
 
 SECRET = "s3cr3t-hunter2"
@@ -59,3 +59,15 @@ async def test_a_full_run_logs_no_secret(
     assert caplog.records  # something was logged
     assert SECRET not in caplog.text
     assert SECRET not in repr(settings) and SECRET not in str(settings.model_dump())
+
+
+def test_a_password_file_is_read_only_when_connecting_and_never_shown(tmp_path: Path) -> None:
+    secret = tmp_path / "factory.password"
+    secret.write_text(SECRET + "\n")
+    source = {"url": "mqtts://10.0.0.9:8883", "username": "edge", "password_file": str(secret)}
+    settings = load_settings(edge={"mqtt_json": [source]})
+    assert SECRET not in repr(settings) and SECRET not in str(settings.model_dump())
+    assert settings.edge.mqtt_json[0].read_password() == SECRET
+    secret.unlink()  # gone by the time of a reconnect: a ConfigError naming the key, not the secret
+    with pytest.raises(ConfigError, match=rf"^password_file: file {secret} does not exist$"):
+        settings.edge.mqtt_json[0].read_password()

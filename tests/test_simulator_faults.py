@@ -6,10 +6,10 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from edge.sources.mqtt_json import MqttJsonSource
-from robodensity.settings import MqttJsonSourceSettings
-from robodensity.wire import Reading, State
-from simulators.mqtt_robot import MqttRobots, topic_for
+from robodensity.core.settings import MqttJsonSourceSettings
+from robodensity.core.wire import Reading, State
+from robodensity.edge.sources.mqtt_json import MqttJsonSource
+from robodensity.simulators.mqtt_robot import MqttRobots, topic_for
 from tests.helpers import wait_until_async
 
 

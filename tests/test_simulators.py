@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -9,17 +11,18 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from metrics.state_time import seconds_in_state as core_seconds
-from metrics.states import STATES, state_codes
-from robodensity.wire import State
-from simulators.behaviour import (
+from robodensity.core.wire import State
+from robodensity.metrics.state_time import seconds_in_state as core_seconds
+from robodensity.metrics.states import STATES, state_codes
+from robodensity.simulators.behaviour import (
     ShiftCalendar,
     counters,
     seconds_in_state,
     state_schedule,
     utilisation,
 )
-from simulators.province import ProvinceSpec, generate, load_spec, write_registry_csv
+from robodensity.simulators.opcua_controller import model
+from robodensity.simulators.province import ProvinceSpec, generate, load_spec, write_registry_csv
 
 END = datetime(2026, 11, 23, tzinfo=UTC)
 WEEK = END - timedelta(days=7)
@@ -96,3 +99,110 @@ def test_a_province_spec_loads_from_toml(tmp_path: Path) -> None:
     province = generate(load_spec(path), seed=1)
     assert {r.code for r in province.regions} == {"440000", "440100", "440300"}
     assert len(province.factories) == 5 and len(province.robots) == 40
+
+
+SIMULATORS = Path(model.__file__).resolve().parents[1]
+UA = "{http://opcfoundation.org/UA/2011/03/UANodeSet.xsd}"
+
+
+def test_no_simulator_imports_the_edge() -> None:
+    # Simulators are built from the protocol facts, so the edge's mapping mistakes cannot hide.
+    offenders = []
+    for path in sorted(SIMULATORS.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            offenders += [
+                f"{path.relative_to(SIMULATORS)}:{node.lineno} {name}"
+                for name in names
+                if name == "robodensity.edge" or name.startswith("robodensity.edge.")
+            ]
+    assert offenders == []
+
+
+Key = tuple[str, int]
+"""A numeric NodeId: (namespace URI, identifier)."""
+
+
+def _nodeset(name: str) -> dict[Key, tuple[str, Key | None, ET.Element]]:
+    """Each numeric node of a nodeset -> (its BrowseName without prefix, its parent's key, the element)."""
+    root = ET.parse(model.NODESET_DIR / name).getroot()
+    uris = [u.text or "" for u in root.iter(f"{UA}Uri")]
+
+    def key(nodeid: str | None) -> Key | None:
+        if nodeid is None or not nodeid.startswith("ns=") or ";i=" not in nodeid:
+            return None
+        ns, ident = nodeid.removeprefix("ns=").split(";i=")
+        return uris[int(ns) - 1], int(ident)
+
+    nodes = {}
+    for element in root:
+        k = key(element.get("NodeId"))
+        if k is not None:
+            nodes[k] = (element.get("BrowseName", "").split(":", 1)[-1], key(element.get("ParentNodeId")), element)
+    return nodes
+
+
+def test_the_opcua_simulators_node_ids_are_the_nodesets() -> None:
+    nodes = {k: v for name in model.NODESETS for k, v in _nodeset(name).items()}
+    rob, di, mach = model.ROBOTICS_NS, model.DI_NS, model.MACHINERY_NS
+    expected = {
+        (di, model.DI_DEVICE_SET): "DeviceSet",
+        (rob, model.MOTION_DEVICE_SYSTEM_TYPE): "MotionDeviceSystemType",
+        (rob, model.CONTROLLER_TYPE): "ControllerType",
+        (rob, model.MOTION_DEVICE_TYPE): "MotionDeviceType",
+        (rob, model.TASK_CONTROL_TYPE): "TaskControlType",
+        (rob, model.SAFETY_STATE_TYPE): "SafetyStateType",
+        (rob, model.USER_TYPE): "UserType",
+        (rob, model.SYSTEM_OPERATION_TYPE): "SystemOperationType",
+        (rob, model.SYSTEM_OPERATION_STATE_MACHINE_TYPE): "SystemOperationStateMachineType",
+        (mach, model.MACHINERY_ITEM_STATE_TYPE): "MachineryItemState_StateMachineType",
+        (rob, model.CONTROLS): "Controls",
+        (rob, model.HAS_SAFETY_STATES): "HasSafetyStates",
+        (rob, model.OPERATIONAL_MODE_ENUM): "OperationalModeEnumeration",
+        (rob, model.EXECUTION_MODE_ENUM): "ExecutionModeEnumeration",
+        (rob, model.MOTION_DEVICE_CATEGORY_ENUM): "MotionDeviceCategoryEnumeration",
+    }
+    assert {key: nodes[key][0] if key in nodes else None for key in expected} == expected
+    for uri, states, machine in (
+        (rob, model.OPERATION_STATE_IDS, (rob, model.SYSTEM_OPERATION_STATE_MACHINE_TYPE)),
+        (mach, model.MACHINERY_ITEM_STATE_IDS, (mach, model.MACHINERY_ITEM_STATE_TYPE)),
+    ):
+        # each state is the state object of that state machine type (other types have states of the same name)
+        assert {state: nodes[(uri, ident)][:2] for state, ident in states.items()} == {
+            state: (state, machine) for state in states
+        }
+    for ident, values in (
+        (model.OPERATIONAL_MODE_ENUM, model.OPERATIONAL_MODES),
+        (model.EXECUTION_MODE_ENUM, model.EXECUTION_MODES),
+        (model.MOTION_DEVICE_CATEGORY_ENUM, model.MOTION_DEVICE_CATEGORIES),
+    ):
+        fields = nodes[(rob, ident)][2].iter(f"{UA}Field")
+        assert {f.get("Name"): int(f.get("Value", "-1")) for f in fields} == values
+    robotics_names = {name for (uri, _), (name, _, _) in nodes.items() if uri == rob}
+    assert set(model.VARIANT) <= robotics_names
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "PT0S"), (59.5, "PT59.500S"), (3600, "PT1H"), (86_400, "P1D"), (90_061.25, "P1DT1H1M1.250S")],
+)
+def test_the_power_on_time_is_an_iso_8601_duration(seconds: float, text: str) -> None:
+    assert model.duration_string(seconds) == text
+
+
+def test_a_negative_power_on_time_is_refused() -> None:
+    with pytest.raises(ValueError, match="non-negative"):
+        model.duration_string(-1)
+
+
+@pytest.mark.parametrize("state", list(model.SIGNALS_FOR_STATE))
+def test_the_edge_reads_each_state_from_the_opcua_simulators_signals(state: State) -> None:
+    # The two tables are written independently; the OPC UA round trips check the same through a server.
+    from robodensity.edge.normalise import derive_state
+
+    assert derive_state(model.SIGNALS_FOR_STATE[state]) is state

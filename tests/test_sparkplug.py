@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from edge.sources import sparkplug_b_pb2 as pb
-from edge.sources.sparkplug import (
+from robodensity.core import sparkplug_b_pb2 as pb
+from robodensity.core.wire import Counter, EventType, Reading, RobotId, State
+from robodensity.edge.sources.sparkplug import (
     BDSEQ_METRIC,
     REBIRTH_METRIC,
     DataType,
@@ -35,9 +36,8 @@ from edge.sources.sparkplug import (
     to_ms,
     topic_for,
 )
-from robodensity.wire import Counter, EventType, Reading, RobotId, State
-from simulators.behaviour import Profile, SimClock, state_schedule
-from simulators.sparkplug_robot import CYCLES_METRIC, SparkplugRobots, device_id_for
+from robodensity.simulators.behaviour import Profile, SimClock, state_schedule
+from robodensity.simulators.sparkplug_robot import CYCLES_METRIC, SparkplugRobots, device_id_for
 from tests.helpers import collect_until, wait_until_async
 
 ROBOTS = ["ACME/SN-001", "ACME/SN-002", "KUKA/KR 7"]

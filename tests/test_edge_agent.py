@@ -1,0 +1,77 @@
+"""The edge agent's tasks: a task that fails stops the agent and its error surfaces, never vanishes.
+
+A real Mosquitto for the uplink and a real SQLite outbox; the sources are fakes at the
+``Source`` seam the agent defines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from robodensity.core import wire
+from robodensity.core.errors import SourceError
+from robodensity.core.settings import Settings, load_settings
+from robodensity.edge.agent import EdgeAgent
+
+
+class IdleSource:
+    """Yields nothing; says when the agent entered and left it. ``fail`` raises from the iterator."""
+
+    def __init__(self, fail: BaseException | None = None) -> None:
+        self.fail = fail
+        self.entered = asyncio.Event()
+        self.exited = asyncio.Event()
+
+    async def __aenter__(self) -> IdleSource:
+        self.entered.set()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.exited.set()
+
+    def __aiter__(self) -> AsyncIterator[wire.Reading]:
+        return self
+
+    async def __anext__(self) -> wire.Reading:
+        if self.fail is not None:
+            raise self.fail
+        await asyncio.Event().wait()  # idle until the agent stops
+        raise StopAsyncIteration
+
+
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(edge={"agent_id": "tasks", "outbox_path": tmp_path / "outbox.sqlite"})
+
+
+async def test_an_error_in_the_ack_task_stops_the_agent_and_run_raises_it(
+    broker_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = IdleSource()
+    agent = EdgeAgent(settings(tmp_path), broker_url, sources=[source])
+    run = asyncio.create_task(agent.run(asyncio.Event()))
+    await source.entered.wait()
+    assert agent.uplink is not None
+    # An ack the outbox cannot apply (SQLite integers are 64-bit), handed over as the uplink's thread does.
+    ack = wire.Ack(agent.cfg.agent_id, ((1, 2**70),), 0)
+    agent.uplink.loop.call_soon_threadsafe(agent.uplink.on_ack, ack)
+    with caplog.at_level(logging.ERROR, logger="robodensity.edge.agent"), pytest.raises(OverflowError):
+        async with asyncio.timeout(30):
+            await run
+    assert source.exited.is_set()  # the other tasks were stopped, the source left
+    assert "edge agent stopped: OverflowError" in caplog.text
+
+
+async def test_a_source_that_breaks_stops_the_agent_but_a_source_error_is_retried(
+    broker_url: str, tmp_path: Path
+) -> None:
+    flaky, broken = IdleSource(SourceError("server gone")), IdleSource(RuntimeError("bug in a source"))
+    agent = EdgeAgent(settings(tmp_path), broker_url, sources=[flaky, broken])
+    with pytest.raises(RuntimeError, match="bug in a source"):
+        async with asyncio.timeout(30):
+            await agent.run(asyncio.Event())
+    assert flaky.entered.is_set() and flaky.exited.is_set()
