@@ -75,3 +75,22 @@ async def test_a_source_that_breaks_stops_the_agent_but_a_source_error_is_retrie
         async with asyncio.timeout(30):
             await agent.run(asyncio.Event())
     assert flaky.entered.is_set() and flaky.exited.is_set()
+
+
+async def test_a_source_with_settings_that_cannot_work_stops_alone(broker_url: str, tmp_path: Path) -> None:
+    from robodensity.core.errors import ConfigError
+
+    hopeless, fine = IdleSource(ConfigError("login refused 5 times in a row, giving up")), IdleSource()
+    agent = EdgeAgent(settings(tmp_path), broker_url, sources=[hopeless, fine])
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(stop))
+    async with asyncio.timeout(30):
+        await fine.entered.wait()
+        while not agent.stats.stopped_sources:
+            await asyncio.sleep(0.01)
+    assert not run.done() and not fine.exited.is_set()  # the other source goes on
+    assert agent.stats.stopped_sources == {0: "login refused 5 times in a row, giving up"}
+    assert (await agent.health())["sources_stopped"] == 1
+    stop.set()
+    async with asyncio.timeout(30):
+        await run

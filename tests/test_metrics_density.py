@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from robodensity.metrics.density import region_ancestors, region_levels, robot_density, rollup
+from robodensity.metrics.density import region_ancestors, robot_density, rollup
 
 REFERENCE = Path("/work/shared/reference/ifr_density.csv")
 
@@ -123,9 +123,3 @@ def test_region_ancestors_walk_district_city_province():
 def test_region_ancestors_reject_codes_that_are_not_six_digits(bad):
     with pytest.raises(ValueError, match="GB/T 2260"):
         region_ancestors(bad)
-
-
-def test_region_levels_roll_districts_up_to_cities():
-    levels = region_levels(["320506", "320583", "310115"])
-    assert levels["city"].tolist() == [320500, 320500, 310100]
-    assert levels["province"].tolist() == [320000, 320000, 310000]

@@ -28,7 +28,7 @@ from robodensity.core.settings import DEFAULT_TIMEZONE
 from robodensity.metrics.blocks import COLUMNS, Blocks, quarter_hour_edges, robot_blocks
 from robodensity.metrics.density import region_ancestors, rollup
 from robodensity.metrics.state_time import attribute, group_at, seconds_in_state, utilisation
-from robodensity.metrics.states import EXECUTING, OFFLINE, state_codes
+from robodensity.metrics.states import EXECUTING, N_STATES, OFFLINE, state_codes
 
 LOCAL_TZ = ZoneInfo(DEFAULT_TIMEZONE)
 """Days of the daily blocks and of density periods are those of China Standard Time."""
@@ -145,38 +145,41 @@ def robot_seconds(
     return seconds_in_state(r, t, s, len(robot_ids), _us(start), _us(end), bucket_s)
 
 
+CELLS_PER_CHUNK = 2_000_000
+"""Robot-buckets computed at once: the blocks of a chunk take about 150 MB, whatever the fleet's size."""
+
+
 @dataclass(frozen=True)
-class PeriodBlocks:
-    """Blocks of the local days a period touches, for ``robot_ids``."""
+class Layout:
+    """The buckets of the local days a period touches: 15-minute edges (the period's start is one
+    too, when off the grid) from the local midnight before the start to the end."""
 
-    robot_id: np.ndarray  # int64, sorted
-    quarter: Blocks  # 15-minute buckets (the period's start is an edge too)
-    daily: Blocks  # local days
-    day: list[date]  # the local day of each daily bucket
-    quarter_day: np.ndarray  # int64 index into ``day`` of each 15-minute bucket
-    factory: np.ndarray  # int64 (robots, days): index into Fleet.factory_id, -1 for none
+    edges: np.ndarray  # int64 [µs]
+    day: list[date]  # every local day
+    day_starts: np.ndarray  # int64: index of each day's first 15-minute bucket
+    quarter_day: np.ndarray  # int64: index into ``day`` of each 15-minute bucket
+    in_period: np.ndarray  # bool: the 15-minute bucket is inside [start, end)
 
 
-def period_blocks(
-    conn: psycopg.Connection, events: StateEvents, fleet: Fleet, start: datetime, end: datetime
-) -> PeriodBlocks:
-    """Blocks from the local midnight before ``start`` to ``end`` for every robot with events or in operation."""
+def layout(start: datetime, end: datetime) -> Layout:
     day0 = datetime.combine(start.astimezone(LOCAL_TZ).date(), datetime.min.time(), LOCAL_TZ)
     days = [day0.date()]
     while datetime.combine(days[-1] + timedelta(days=1), datetime.min.time(), LOCAL_TZ) < end:
         days.append(days[-1] + timedelta(days=1))
     day_us = np.array([_us(datetime.combine(d, datetime.min.time(), LOCAL_TZ)) for d in days], dtype=np.int64)
     edges = np.union1d(quarter_hour_edges(_us(day0), _us(day0), _us(end)), [_us(start)])
-    ids = np.unique(np.concatenate([events.robot_id, fleet.robot_id]))
-    r, t, s = _select(events, ids)
-    quarter = robot_blocks(r, t, s, len(ids), edges)
-    quarter_day = np.searchsorted(day_us, edges[:-1], side="right") - 1
-    daily = quarter.merge(np.searchsorted(edges[:-1], day_us))
-    return PeriodBlocks(ids, quarter, daily, days, quarter_day, _factories_by_day(conn, ids, fleet, days))
+    return Layout(
+        edges,
+        days,
+        np.searchsorted(edges[:-1], day_us),
+        np.searchsorted(day_us, edges[:-1], side="right") - 1,
+        edges[:-1] >= _us(start),
+    )
 
 
 def _factories_by_day(conn: psycopg.Connection, ids: np.ndarray, fleet: Fleet, days: list[date]) -> np.ndarray:
-    """Factory of each robot on each day: the registry assignment in effect (metrics.state_time.group_at)."""
+    """Factory of each robot on each day, an index into ``fleet.factory_id`` (-1: none): the
+    registry assignment in effect then (metrics.state_time.group_at)."""
     rows = conn.execute(
         "SELECT robot_id, valid_from, factory_id FROM assignments WHERE robot_id = ANY(%s) ORDER BY 1, 2",
         (ids.tolist(),),
@@ -191,57 +194,74 @@ def _factories_by_day(conn: psycopg.Connection, ids: np.ndarray, fleet: Fleet, d
     )
 
 
-def store_blocks(conn: psycopg.Connection, pb: PeriodBlocks, fleet: Fleet) -> int:
-    """Replace the stored blocks of the period's days by ``pb``; returns 15-minute rows written.
+@dataclass(frozen=True)
+class PeriodTotals:
+    """What the densities need from the blocks of the period's buckets."""
 
-    Only (robot, bucket) pairs with covered time are stored: elsewhere every column is 0.
+    robot_id: np.ndarray  # int64, sorted: every robot with events or in operation
+    robot_seconds: np.ndarray  # (robots, states) [s]: time in state in the period
+    factory_seconds: np.ndarray  # (factories, states) [s]: the same attributed to factories by day
+
+
+def store_blocks(
+    conn: psycopg.Connection, events: StateEvents, fleet: Fleet, start: datetime, end: datetime
+) -> PeriodTotals:
+    """Compute the blocks of every robot with events or in operation over the local days of
+    [start, end), replace the stored ones with them, and return the period's totals.
+
+    Robots go in chunks of at most :data:`CELLS_PER_CHUNK` robot-buckets. Only (robot, bucket)
+    pairs with covered time are stored: elsewhere every column is 0.
     """
-    edges = pb.quarter.edges
+    lay = layout(start, end)
+    ids = np.unique(np.concatenate([events.robot_id, fleet.robot_id]))
+    factory = _factories_by_day(conn, ids, fleet, lay.day)
     factory_ids = [*fleet.factory_id, None]  # index -1 -> None
+    buckets = [_at_us(e) for e in lay.edges[:-1]]
+    robot_seconds = np.zeros((len(ids), N_STATES))
+    factory_seconds = np.zeros((len(fleet.factory_id), N_STATES))
+    per_chunk = max(1, CELLS_PER_CHUNK // len(buckets))
     with conn.transaction():
-        conn.execute(
-            "DELETE FROM robot_blocks_15m WHERE bucket >= %s AND bucket < %s", (_at_us(edges[0]), _at_us(edges[-1]))
-        )
-        conn.execute("DELETE FROM robot_blocks_daily WHERE day >= %s AND day <= %s", (pb.day[0], pb.day[-1]))
-        n = _copy(
-            conn,
-            "robot_blocks_15m",
-            "bucket",
-            pb,
-            pb.quarter,
-            [_at_us(e) for e in edges[:-1]],
-            pb.factory[:, pb.quarter_day],
-            factory_ids,
-        )
-        _copy(conn, "robot_blocks_daily", "day", pb, pb.daily, pb.day, pb.factory, factory_ids)
-    return n
+        conn.execute("DELETE FROM robot_blocks_15m WHERE bucket >= %s AND bucket < %s", (buckets[0], end))
+        conn.execute("DELETE FROM robot_blocks_daily WHERE day >= %s AND day <= %s", (lay.day[0], lay.day[-1]))
+        for lo in range(0, len(ids), per_chunk):
+            sub = ids[lo : lo + per_chunk]
+            a = int(np.searchsorted(events.robot_id, sub[0], side="left"))
+            b = int(np.searchsorted(events.robot_id, sub[-1], side="right"))
+            part = StateEvents(events.robot_id[a:b], events.ts_us[a:b], events.state[a:b])
+            quarter = robot_blocks(*_select(part, sub), len(sub), lay.edges)
+            fac = factory[lo : lo + per_chunk]
+            _copy(conn, "robot_blocks_15m", "bucket", sub, quarter, buckets, fac[:, lay.quarter_day], factory_ids)
+            _copy(conn, "robot_blocks_daily", "day", sub, quarter.merge(lay.day_starts), lay.day, fac, factory_ids)
+            seconds = quarter.seconds[:, lay.in_period]
+            robot_seconds[lo : lo + per_chunk] = seconds.sum(axis=1)
+            attributed = attribute(seconds, fac[:, lay.quarter_day[lay.in_period]], len(fleet.factory_id))
+            factory_seconds += attributed.sum(axis=1)
+    return PeriodTotals(ids, robot_seconds, factory_seconds)
 
 
 def _copy(
     conn: psycopg.Connection,
     table: str,
     key: str,
-    pb: PeriodBlocks,
+    robot_id: np.ndarray,
     blocks: Blocks,
     keys: list[Any],
     factory: np.ndarray,
     factory_ids: list[str | None],
-) -> int:
+) -> None:
     cols = blocks.columns()
     robot, bucket = np.nonzero(blocks.covered_s > 0)
     values = cols[robot, bucket].tolist()
     fac = factory[robot, bucket].tolist()
-    rids = pb.robot_id[robot].tolist()
-    n_int = COLUMNS.index("failures")
+    n_int = COLUMNS.index("failures")  # failures, repairs: integers
     query = sql.SQL("COPY {} ({}) FROM STDIN").format(
         sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, ("robot_id", key, "factory_id", *COLUMNS)))
     )
     with conn.cursor() as cur, cur.copy(query) as cp:
-        for rid, k, f, v in zip(rids, bucket.tolist(), fac, values, strict=True):
+        for rid, k, f, v in zip(robot_id[robot].tolist(), bucket.tolist(), fac, values, strict=True):
             v[n_int] = int(v[n_int])
             v[n_int + 1] = int(v[n_int + 1])
             cp.write_row((rid, keys[k], factory_ids[f], *v))
-    return len(rids)
 
 
 def compute(conn: psycopg.Connection, start: datetime, end: datetime, progress: Progress = lambda _: None) -> int:
@@ -253,11 +273,10 @@ def compute(conn: psycopg.Connection, start: datetime, end: datetime, progress: 
     progress("loading state events")
     events = load_state_events(conn, min(day0, verify_from), end)
     progress("computing blocks")
-    pb = period_blocks(conn, events, fleet, start, end)
-    store_blocks(conn, pb, fleet)
+    totals = store_blocks(conn, events, fleet, start, end)
     worked = robot_seconds(events, fleet.robot_id, verify_from, end)[:, 0, EXECUTING] > 0
     progress("computing densities")
-    rows = density_rows(fleet, pb, _us(start), worked)
+    rows = density_rows(fleet, totals, worked)
     with conn.transaction():
         conn.execute("DELETE FROM density WHERE period_start = %s AND period_end = %s", (start, end))
         conn.cursor().executemany(
@@ -286,21 +305,18 @@ def compute(conn: psycopg.Connection, start: datetime, end: datetime, progress: 
     return len(rows)
 
 
-def density_rows(fleet: Fleet, pb: PeriodBlocks, start_us: int, verified: np.ndarray) -> list[dict[str, Any]]:
+def density_rows(fleet: Fleet, totals: PeriodTotals, verified: np.ndarray) -> list[dict[str, Any]]:
     """One row per (region at every level, industry or '*').
 
     Robots, employees, verified and reporting robots are those of ``fleet`` (in operation on
     the period's last day); a robot *reports* when it has covered time not OFFLINE in the
     period. Utilisation is the blocks' sum of ``executing_s`` over their sum of covered time,
-    over the buckets of the period (from ``start_us``) attributed to the region's factories.
+    over the buckets of the period attributed to the region's factories.
     """
     n_fac = len(fleet.factory_id)
-    in_period = pb.quarter.edges[:-1] >= start_us
-    seconds = pb.quarter.seconds[:, in_period]
-    mine = np.searchsorted(pb.robot_id, fleet.robot_id)
-    window = seconds[mine].sum(axis=1)
+    window = totals.robot_seconds[np.searchsorted(totals.robot_id, fleet.robot_id)]
     reporting = window.sum(axis=1) - window[:, OFFLINE] > 0
-    by_factory = attribute(seconds, pb.factory[:, pb.quarter_day[in_period]], n_fac).sum(axis=1)
+    by_factory = totals.factory_seconds
     on = fleet.robot_factory >= 0
     fac = fleet.robot_factory[on]
 

@@ -21,12 +21,13 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 import psycopg
 
 from robodensity.collector.validate import Incoming, Rejected, validate_rows
+from robodensity.core import clock
 from robodensity.core.wire import EventRow, event_to_dict, row_to_event, seq_ranges
 
 log = logging.getLogger(__name__)
@@ -273,7 +274,7 @@ class Writer:
     @staticmethod
     def prepare(messages: list[Incoming], now: datetime | None = None) -> Prepared:
         """Decode and validate: CPU only, safe to run while another flush commits."""
-        now = now or datetime.now(UTC)
+        now = now or clock.now()
         out = Prepared(now, [], [], [], messages=list(messages))
         for msg in messages:
             result = validate_rows(msg, now)

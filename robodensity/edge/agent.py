@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Protocol
 
 from robodensity.core import wire
-from robodensity.core.errors import SourceError
+from robodensity.core.errors import ConfigError, SourceError
 from robodensity.core.settings import Settings
 from robodensity.edge.health import serve
 from robodensity.edge.outbox import Outbox
@@ -79,6 +79,8 @@ class AgentStats:
     last_ack_at: float | None = None
     robots_seen: set[str] = field(default_factory=set)
     robot_state: dict[str, wire.State] = field(default_factory=dict)
+    stopped_sources: dict[int, str] = field(default_factory=dict)
+    """Sources given up for settings that cannot work, by index, with the reason."""
 
 
 class EdgeAgent:
@@ -137,6 +139,7 @@ class EdgeAgent:
         return {
             "robots_online": sum(st is not wire.State.OFFLINE for st in s.robot_state.values()),
             "robots_seen": len(s.robots_seen),
+            "sources_stopped": len(s.stopped_sources),
             "backlog_events": backlog,
             "oldest_unacked_age_seconds": oldest_age_s,
             "readings_total": s.readings,
@@ -167,6 +170,12 @@ class EdgeAgent:
                         await self._queue.put((index, reading))
             except SourceError as exc:
                 log.error("source failed: %s; retrying in %.0f s", exc, backoff)
+            except ConfigError as exc:
+                # Settings that cannot work (a login refused again and again): this source stops,
+                # the factory's other controllers go on; health shows it until the settings are fixed.
+                log.error("source %d stopped: %s; the other sources go on", index, exc)
+                self.stats.stopped_sources[index] = str(exc)
+                return
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
 

@@ -15,6 +15,7 @@ HealthSource = Callable[[], Awaitable[dict[str, float]]]
 HELP = {
     "robots_online": "Robots whose last known state is not OFFLINE.",
     "robots_seen": "Robots this agent has read since it started.",
+    "sources_stopped": "Sources given up for settings that cannot work (e.g. a login refused again and again).",
     "backlog_events": "Events in the outbox not yet acknowledged by the collector.",
     "oldest_unacked_age_seconds": "Age of the oldest unacknowledged event.",
     "readings_total": "Readings received from all sources.",

@@ -139,8 +139,8 @@ def robot_blocks(robot: np.ndarray, ts: np.ndarray, state: np.ndarray, n_robots:
     >>> b.seconds[0, :, 2].tolist(), b.failures[0].tolist(), b.repairs[0].tolist(), b.repair_s[0].tolist()
     ([300.0, 600.0], [1, 0], [0, 1], [0.0, 900.0])
     """
+    seconds = _st.seconds_in_buckets(robot, ts, state, n_robots, edges)
     bk = _st._explicit(edges)
-    seconds = _st._seconds(robot, ts, state, n_robots, bk)
     k = bk.n
     runs = fault_runs(robot, ts, state, n_robots)
 

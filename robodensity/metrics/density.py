@@ -137,24 +137,3 @@ def region_ancestors(code: str) -> list[str]:
     if code[2:] != "0000":
         out.append(code[:2] + "0000")
     return out
-
-
-def region_levels(codes: object) -> dict[str, np.ndarray]:
-    """Province, city and district codes of many regions, vectorised.
-
-    Parameters
-    ----------
-    codes : array_like of str or int
-        Six-digit GB/T 2260 codes.
-
-    Returns
-    -------
-    dict with ``province``, ``city``, ``district`` : numpy.ndarray of int64
-        Codes at each level (``city`` is the province code for a province, ``district``
-        the city code for a city), so ``rollup(np.unique(levels["city"], return_inverse=True)[1], ...)``
-        rolls rows up to cities.
-    """
-    c = np.asarray(codes).astype(np.int64)
-    if np.any((c < 100_000) | (c > 999_999)):
-        raise ValueError("region codes must be six digits")
-    return {"province": c // 10_000 * 10_000, "city": c // 100 * 100, "district": c}

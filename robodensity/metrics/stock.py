@@ -74,19 +74,3 @@ def ifr_operational_stock(
         remaining = np.clip(service_life - 1 - idx, 0, None) / service_life
         stock += float(initial_stock) * remaining
     return stock
-
-
-def retirements(years: object, installations: object, service_life: int = IFR_SERVICE_LIFE) -> np.ndarray:
-    """Robots leaving the stock at the end of each year under the IFR assumption.
-
-    Returns
-    -------
-    numpy.ndarray of float64
-        ``installations[y - service_life]`` [robots]; NaN where that year is before the series.
-    """
-    inst = np.asarray(installations, dtype=np.float64).ravel()
-    if np.asarray(years).size != inst.size:
-        raise ValueError("years and installations differ in length")
-    out = np.full(inst.shape, np.nan)
-    out[service_life:] = inst[: max(len(inst) - service_life, 0)]
-    return out

@@ -205,6 +205,49 @@ def _spread(i: int, share: float) -> Protocol:
     return "opcua" if int((i + 1) * share) > int(i * share) else "mqtt"
 
 
+_ROBOT_COLUMNS = [
+    "manufacturer",
+    "serial",
+    "model",
+    "category",
+    "application",
+    "domestic",
+    "commissioned",
+    "decommissioned",
+    "subsidy_programme",
+]
+
+
+def _robot_rows(province: Province) -> list[list[Any]]:
+    """One row per robot (none decommissioned, none subsidised)."""
+    return [
+        [
+            r.manufacturer,
+            r.serial,
+            r.model,
+            r.category,
+            r.application,
+            str(r.domestic).lower(),
+            r.commissioned.isoformat(),
+            "",
+            "",
+        ]
+        for r in province.robots
+    ]
+
+
+def _assignment_rows(province: Province) -> list[list[Any]]:
+    """Each robot's first factory from commissioning, and a second row for a leased robot that moved."""
+    first = [
+        [r.manufacturer, r.serial, r.moved_from[0] if r.moved_from else r.factory, r.commissioned.isoformat()]
+        for r in province.robots
+    ]
+    moves = [
+        [r.manufacturer, r.serial, r.factory, r.moved_from[1].isoformat()] for r in province.robots if r.moved_from
+    ]
+    return first + moves
+
+
 def write_registry_csv(province: Province, folder: Path) -> list[Path]:
     """The registry as the CSV files ``robodensity registry import`` reads."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -225,45 +268,8 @@ def write_registry_csv(province: Province, folder: Path) -> list[Path]:
             ["factory_id", "valid_from", "employee_count"],
             [[f.id, province.headcount_date.isoformat(), f.employees] for f in province.factories],
         ),
-        "robots": (
-            [
-                "manufacturer",
-                "serial",
-                "model",
-                "category",
-                "application",
-                "domestic",
-                "commissioned",
-                "decommissioned",
-                "subsidy_programme",
-            ],
-            [
-                [
-                    r.manufacturer,
-                    r.serial,
-                    r.model,
-                    r.category,
-                    r.application,
-                    str(r.domestic).lower(),
-                    r.commissioned.isoformat(),
-                    "",
-                    "",
-                ]
-                for r in province.robots
-            ],
-        ),
-        "assignments": (
-            ["manufacturer", "serial", "factory_id", "valid_from"],
-            [
-                [r.manufacturer, r.serial, r.moved_from[0] if r.moved_from else r.factory, r.commissioned.isoformat()]
-                for r in province.robots
-            ]
-            + [
-                [r.manufacturer, r.serial, r.factory, r.moved_from[1].isoformat()]
-                for r in province.robots
-                if r.moved_from
-            ],
-        ),
+        "robots": (_ROBOT_COLUMNS, _robot_rows(province)),
+        "assignments": (["manufacturer", "serial", "factory_id", "valid_from"], _assignment_rows(province)),
     }
     paths = []
     for name, (header, rows) in tables.items():

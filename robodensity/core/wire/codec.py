@@ -32,6 +32,7 @@ from typing import Annotated, Any, TypeVar
 
 import msgspec
 
+from robodensity.core import clock
 from robodensity.core.wire.contract import (
     EARLIEST,
     IDENT_RE,
@@ -197,7 +198,7 @@ def decode_batch(payload: bytes, now: datetime | None = None) -> DecodedBatch:
         raise WireError("events", "must be a list")
     if len(raw_events) > MAX_BATCH_EVENTS:
         raise WireError("events", f"{len(raw_events)} events is over the {MAX_BATCH_EVENTS} limit")
-    now = now or datetime.now(UTC)
+    now = now or clock.now()
     good: list[Event] = []
     errors: list[tuple[int | None, WireError, Any]] = []
     for i, raw in enumerate(raw_events):

@@ -9,7 +9,8 @@ only readings that are), then reconnection with exponential backoff up to
 ``reconnect_max_s``. Loss is noticed when the socket closes, when asyncua's watchdog
 (``watchdog_s``) cannot read the server state, or when three keep-alives in a row do not
 arrive. A login the server refuses ``LOGIN_ATTEMPTS`` times in a row (a wrong user name
-or password does not fix itself) is a ConfigError: the agent stops and says why.
+or password does not fix itself) is a ConfigError: the agent stops this source, says why,
+and goes on reading the factory's other controllers.
 """
 
 from __future__ import annotations
