@@ -11,7 +11,7 @@ Run on demand (not part of the tests)::
 
 Starts a throwaway PostgreSQL (robodensity.app.embedded) unless given a URL, migrates a fresh
 schema, bulk-loads the province's registry and state events with simulators/load.py (which
-also fills event_keys and state_intervals as the collector would), computes the daily and
+also fills state_intervals as the collector would), computes the daily and
 15-minute rollups and monthly densities with robodensity.app.metrics_job.compute (one calendar
 month at a time, to bound its memory), adds agents and dead letters, then times each panel
 query expanded exactly as Grafana expands it (dashboards.macros). Also timed, in the same
@@ -120,9 +120,10 @@ def load(url: str, schema: str, robots: int, days: int, seed: int) -> tuple[date
             conn.commit()
         print(f"metrics_job.compute (per month) in {time.perf_counter() - t0:.0f} s", flush=True)
         t0 = time.perf_counter()
-        conn.execute(  # event_keys and state_intervals: load_province fills them as the collector would
-            "INSERT INTO agents (agent_id, factory_id, first_seen, last_seen, acked_through) "
-            "SELECT agent_id, min(factory_id), min(ts), now() - interval '1 minute', max(seq) "
+        conn.execute(  # the agents' settled seqs as the collector would leave them
+            "INSERT INTO agents (agent_id, factory_id, first_seen, last_seen, acked_through, committed) "
+            "SELECT agent_id, min(factory_id), min(ts), now() - interval '1 minute', max(seq), "
+            "int8multirange(int8range(1, max(seq), '[]')) "
             "FROM events GROUP BY agent_id ON CONFLICT DO NOTHING"
         )
         conn.execute(

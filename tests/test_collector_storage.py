@@ -175,7 +175,7 @@ def test_migrations_keep_events_stored_before_partitioning(pg_url: str) -> None:
         migrate(pg_url, schema)
         with connect(pg_url, schema) as conn:
             assert _one(conn, "SELECT count(*) FROM events") == 100
-            assert _one(conn, "SELECT count(*) FROM event_keys") == 100
+            assert _one(conn, "SELECT committed::text FROM agents WHERE agent_id = 'a1'") == "{[1,101)}"
             # Whatever today is, 100 days span at least three months: each row sits in its own
             # month's partition where the migration made one, and in the default otherwise.
             placed = conn.execute(
@@ -227,7 +227,7 @@ def test_a_key_twice_in_one_flush_stores_the_first_and_keeps_the_other_as_a_conf
     assert _one(writer.conn, "SELECT state FROM events") == "IDLE"
 
 
-def test_old_partitions_are_dropped_with_their_keys(writer: Writer) -> None:
+def test_old_partitions_are_dropped_and_their_seqs_stay_settled(writer: Writer) -> None:
     robot = RobotId("KUKA", "S1")
     writer.conn.execute("SELECT add_event_partition('2024-01-01')")
     writer.conn.commit()
@@ -235,7 +235,7 @@ def test_old_partitions_are_dropped_with_their_keys(writer: Writer) -> None:
         [_msg([_state(1, robot, datetime(2024, 1, 5, tzinfo=UTC), State.IDLE), _state(2, robot, NOW, State.IDLE)])]
     )
     assert _one(writer.conn, "SELECT drop_event_partitions(interval '1 year')") == 1
-    assert writer.conn.execute("SELECT seq FROM event_keys").fetchall() == [(2,)]
+    assert _one(writer.conn, "SELECT committed::text FROM agents") == "{[1,3)}"
     assert writer.conn.execute("SELECT seq FROM events").fetchall() == [(2,)]
     writer.conn.commit()
 
@@ -518,7 +518,7 @@ def test_the_collector_waits_for_a_database_that_is_locked_and_then_writes_every
     try:
         with running_collector(settings, pg_url, broker_url, schema):
             with connect(pg_url, schema) as blocker:
-                blocker.execute("LOCK TABLE event_keys IN EXCLUSIVE MODE")
+                blocker.execute("LOCK TABLE agents IN EXCLUSIVE MODE")
                 for p in _batches(1, 5, 100):
                     publisher.publish(p)
                 wait_until(lambda: _waiting(pg_url), 30, "the collector blocked on the lock")

@@ -76,10 +76,11 @@ def _fleet_fixtures(conn: psycopg.Connection, province: Province) -> None:
     """Agents (one online with a backlog of 10), dead letters and one unregistered robot."""
     first = province.factories[0].id
     conn.execute(
-        "INSERT INTO agents (agent_id, factory_id, first_seen, last_seen, acked_through) "
+        "INSERT INTO agents (agent_id, factory_id, first_seen, last_seen, acked_through, committed) "
         "SELECT agent_id, min(factory_id), now() - interval '60 days', "
         "  CASE WHEN min(factory_id) = %(f)s THEN now() ELSE now() - interval '2 hours' END, "
-        "  max(seq) - CASE WHEN min(factory_id) = %(f)s THEN 10 ELSE 0 END "
+        "  max(seq) - CASE WHEN min(factory_id) = %(f)s THEN 10 ELSE 0 END, "
+        "  int8multirange(int8range(1, max(seq), '[]')) "
         "FROM events GROUP BY agent_id",
         {"f": first},
     )

@@ -4,9 +4,11 @@ Threads hand work to each other through bounded queues:
 
 - paho's network thread only puts messages on a queue (blocking when it is full, which
   stops reading from the broker: backpressure, not loss);
-- the service thread (``run``) takes what is queued, up to ``batch_max_events`` worth or
-  ``flush_ms`` old (longer while the database is busy), and decodes and validates it
-  (``Writer.prepare``, no database);
+- the service thread (``run``) sorts what is queued into one FIFO per agent (fair lanes,
+  collector/lanes.py) and, for each free database thread, takes up to ``batch_max_events``
+  worth once the oldest is ``flush_ms`` old (longer while that thread is busy), round-robin
+  across agents with a per-agent cap, so one agent's backlog never delays another's commit;
+  it decodes and validates the batch (``Writer.prepare``, no database);
 - ``writers`` database threads, each with its own connection, write prepared batches in one
   transaction each and only after the commit acknowledge the MQTT messages (manual ack)
   and publish an Ack to each edge. Messages of one agent always go to the same database
@@ -39,6 +41,7 @@ from typing import TypeVar
 import paho.mqtt.client as mqtt
 import psycopg
 
+from robodensity.collector.lanes import FairQueue
 from robodensity.collector.validate import Incoming
 from robodensity.collector.write import Committed, Prepared, Writer, ack_payloads
 from robodensity.core import wire
@@ -54,6 +57,8 @@ APPLICATION_NAME = "robodensity-collector"
 DEFAULT_WRITERS = 2
 """Database connections per collector: PostgreSQL works on one batch while the next is decoded
 and another is written (bench/bench_ingest.py --writers compares)."""
+AGENT_SHARE = 0.25
+"""What one agent may put into a flush while other agents' messages wait (fair lanes)."""
 RETRY_MIN_S = 0.2
 RETRY_MAX_S = 5.0
 T = TypeVar("T")
@@ -186,6 +191,8 @@ class Collector:
             lane.thread.start()
         intervals.start()
         self._lanes = lanes
+        # One agent always goes to one lane: its robots are not rebuilt by two transactions.
+        waiting = [FairQueue() for _ in lanes]
         unsubscribed = False
         try:
             # Only a collector with a stable client id has a session worth keeping.
@@ -200,22 +207,14 @@ class Collector:
             while (
                 all(lane.thread.is_alive() for lane in lanes)
                 and intervals.is_alive()
-                and (not stop.is_set() or not self._queue.empty())
+                and (not stop.is_set() or not self._queue.empty() or any(waiting))
             ):
                 if stop.is_set() and not unsubscribed:
                     # Take no more; write what is queued (acked, so not redelivered to another).
                     self.client.unsubscribe(self._topic())
                     unsubscribed = True
-                items = self._take()
-                if not items:
-                    continue
-                # One agent always goes to one lane: its robots are not rebuilt by two transactions.
-                parts: list[list[Incoming]] = [[] for _ in lanes]
-                for item in items:
-                    parts[_lane_of(item.topic, len(lanes))].append(item)
-                for lane, part in zip(lanes, parts):
-                    if part:
-                        self._hand_over(lane, Writer.prepare(part))
+                self._intake(waiting, self._wait_s(waiting))
+                self._schedule(waiting, draining=stop.is_set())
         finally:
             for lane in lanes:
                 self._hand_over(lane, None)
@@ -238,32 +237,49 @@ class Collector:
             except queue.Full:
                 continue
 
-    def _busy(self) -> bool:
-        """Every database thread still has a batch waiting: worth collecting a bigger one."""
-        return all(lane.prepared.full() for lane in self._lanes)
+    def _budget(self) -> int:
+        return self.cfg.batch_max_events * 100  # ~100 bytes per event: a decode-free size estimate
 
-    def _take(self) -> list[Incoming]:
+    def _intake(self, waiting: list[FairQueue], wait_s: float) -> None:
+        """Move what paho queued into the agents' FIFOs (waiting up to ``wait_s`` for the first)."""
         try:
-            first = self._queue.get(timeout=0.2)
+            item = self._queue.get(timeout=wait_s)
         except queue.Empty:
-            return []
-        items = [first]
-        budget = self.cfg.batch_max_events * 100  # ~100 bytes per event: a decode-free size estimate
-        size = len(first.payload)
-        deadline = time.monotonic() + self.cfg.flush_ms / 1000
-        while size < budget:
-            left = deadline - time.monotonic()
-            if left <= 0 and not self._busy():
-                break  # time is up and a database thread is ready for the next batch
+            return
+        lanes = len(waiting)
+        for _ in range(self.cfg.queue_max_messages):
+            waiting[_lane_of(item.topic, lanes)].put(item)
             try:
-                # While the database threads are busy the batch keeps growing: bigger
-                # transactions when the database is the bottleneck, short waits when it is not.
-                item = self._queue.get(timeout=max(left, 0.005))
+                item = self._queue.get_nowait()
             except queue.Empty:
-                continue
-            items.append(item)
-            size += len(item.payload)
-        return items
+                return
+        waiting[_lane_of(item.topic, lanes)].put(item)
+
+    def _ready(self, lane: _Lane, fifo: FairQueue, draining: bool) -> bool:
+        """A batch is due for this lane: it is free and its messages waited ``flush_ms`` or fill a batch.
+        While the thread is busy the batch keeps growing: bigger transactions when the database is
+        the bottleneck, short waits when it is not."""
+        if not fifo or lane.prepared.full():
+            return False
+        due = time.monotonic() - fifo.oldest >= self.cfg.flush_ms / 1000
+        return draining or due or fifo.bytes >= self._budget()
+
+    def _schedule(self, waiting: list[FairQueue], draining: bool) -> None:
+        """Hand each free lane its next batch, filled round-robin across its agents (fair lanes)."""
+        budget = self._budget()
+        for lane, fifo in zip(self._lanes, waiting):
+            if self._ready(lane, fifo, draining):
+                items = fifo.take(budget, max(1, int(budget * AGENT_SHARE)))
+                self._hand_over(lane, Writer.prepare(items))
+
+    def _wait_s(self, waiting: list[FairQueue]) -> float:
+        """How long the service thread may wait for new messages before a batch is due."""
+        wait = 0.2
+        for lane, fifo in zip(self._lanes, waiting):
+            if fifo:
+                left = self.cfg.flush_ms / 1000 - (time.monotonic() - fifo.oldest)
+                wait = min(wait, max(left, 0.002) if not lane.prepared.full() else 0.005)
+        return wait
 
     # -- database thread -----------------------------------------------------------
     def _db_loop(self, lane: _Lane, stop: threading.Event) -> None:

@@ -1,12 +1,14 @@
 """Validate uplink messages and write them to PostgreSQL in one transaction per flush.
 
 Each flush: decode every message (collector.validate; no database work, so the collector
-can do it for the next flush while this one commits), resolve robots, COPY the good events
-into a staging table, insert the keys that are new into ``event_keys`` (the idempotency key
-(agent, seq); see migrations/004_event_storage.sql) and those events into ``events``, record
-changed repeats as conflicts, mark the robots with new state events for the interval stage,
-store dead letters, advance each agent's contiguous ``acked_through``, commit. Only then does
-the caller acknowledge the MQTT messages and tell each edge what is committed.
+can do it for the next flush while this one commits), resolve robots, lock the flush's agents'
+rows (sorted: two collectors writing one agent serialise there and never deadlock) and read
+what each has settled (``agents.committed``, an int8multirange of seqs; see
+collector/ranges.py and migrations/020_committed_ranges.sql), COPY the new events straight
+into ``events``, compare re-sent ones with what is stored (changed repeats are kept in
+``event_conflicts``), mark the robots with new state events for the interval stage, store dead
+letters, add the flush's seqs to ``committed`` and advance ``acked_through`` from it, commit.
+Only then does the caller acknowledge the MQTT messages and tell each edge what is committed.
 
 The interval stage (``Writer.build_intervals``, migrations/012_ingest_speed.sql) rebuilds the
 marked robots' state intervals in a transaction of its own: the collector runs it about once
@@ -25,7 +27,9 @@ from datetime import date, datetime
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
+from robodensity.collector.ranges import Row, Settled, multirange_text, same_event, split
 from robodensity.collector.validate import Incoming, Rejected, validate_rows
 from robodensity.core import clock
 from robodensity.core.wire import EventRow, event_to_dict, row_to_event, seq_ranges
@@ -48,7 +52,7 @@ EVENT_COLUMNS = (
     "quality",
 )
 _COLS = ", ".join(EVENT_COLUMNS)
-_COMPARED = [c for c in EVENT_COLUMNS if c not in ("agent_id", "seq")]
+_COMPARED = EVENT_COLUMNS[2:]
 COPY_TYPES = [
     "text",
     "int8",
@@ -64,68 +68,31 @@ COPY_TYPES = [
     "bool",
     "text",
 ]
-STAGING_DDL = "CREATE TEMP TABLE IF NOT EXISTS staging_events (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-# The usual flush: each agent's sequence numbers lie beyond the highest it has stored, so no key
-# can be there already and the plain insert (half the cost of a speculative ON CONFLICT insert)
-# does; the unique key still guards it against another collector storing the same keys.
-_INSERT_KEYS_AHEAD = (
-    "INSERT INTO event_keys (agent_id, seq, robot_id, ts) SELECT agent_id, seq, robot_id, ts FROM staging_events"
+COPY_EVENTS = f"COPY events ({_COLS}) FROM STDIN (FORMAT BINARY)"
+# Sorted, so two collectors lock agents' rows in one order; ON CONFLICT DO UPDATE locks the row
+# and returns its latest committed ranges even if another collector committed them meanwhile.
+_LOCK_AGENTS = (
+    "INSERT INTO agents (agent_id, factory_id, last_seen) "
+    "SELECT a, f, %s FROM unnest(%s::text[], %s::text[]) AS u(a, f) ORDER BY a "
+    "ON CONFLICT (agent_id) DO UPDATE SET last_seen = EXCLUDED.last_seen "
+    "RETURNING agent_id, committed"
 )
-_INSERT_KEYS = _INSERT_KEYS_AHEAD + " ON CONFLICT DO NOTHING"
-_ALL_AHEAD = (
-    "SELECT coalesce(bool_and(f.lo > coalesce((SELECT max(k.seq) FROM event_keys k WHERE k.agent_id = f.agent_id), "
-    "0)), true) FROM unnest(%s::text[], %s::bigint[]) AS f(agent_id, lo)"
+# A re-sent seq: the stored event, looked up by the events index (robot_id, ts).
+_STORED = (
+    f"SELECT f.i, {', '.join('e.' + c for c in _COMPARED)} "
+    "FROM unnest(%s::int[], %s::bigint[], %s::timestamptz[], %s::text[], %s::bigint[]) "
+    "  AS f(i, robot_id, ts, agent_id, seq) "
+    "JOIN LATERAL (SELECT * FROM events e WHERE e.robot_id = f.robot_id AND e.ts = f.ts "
+    "  AND e.agent_id = f.agent_id AND e.seq = f.seq LIMIT 1) e ON true"
 )
-_INSERT_ALL = f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM staging_events"
-# When some keys were there already, or one flush holds a key more than once: the first copy
-# of each key whose key row this transaction wrote, i.e. whose key row has no event yet.
-_INSERT_KEYS_DEDUP = (
-    "INSERT INTO event_keys (agent_id, seq, robot_id, ts) "
-    "SELECT DISTINCT ON (agent_id, seq) agent_id, seq, robot_id, ts FROM staging_events "
-    "ORDER BY agent_id, seq, ctid ON CONFLICT DO NOTHING"
-)
-_INSERT_NEW = (
-    f"INSERT INTO events ({_COLS}) SELECT DISTINCT ON (s.agent_id, s.seq) "
-    f"{', '.join('s.' + c for c in EVENT_COLUMNS)} "
-    "FROM staging_events s JOIN event_keys k USING (agent_id, seq) "
-    "WHERE k.robot_id = s.robot_id AND k.ts = s.ts AND NOT EXISTS (SELECT 1 FROM events e "
-    "  WHERE e.robot_id = k.robot_id AND e.ts = k.ts AND e.agent_id = k.agent_id AND e.seq = k.seq) "
-    "ORDER BY s.agent_id, s.seq, s.ctid"
-)
-# Commit empties staging too (ON COMMIT DELETE ROWS), but a caller's outer transaction may not end there.
-_TRUNCATE = "TRUNCATE staging_events"
-_CONFLICTS = (
-    "INSERT INTO event_conflicts (agent_id, seq, payload) "
-    "SELECT s.agent_id, s.seq, to_jsonb(s) FROM staging_events s "
-    "JOIN event_keys k USING (agent_id, seq) "
-    "JOIN events e ON e.robot_id = k.robot_id AND e.ts = k.ts AND e.agent_id = k.agent_id AND e.seq = k.seq "
-    f"WHERE ({', '.join('e.' + c for c in _COMPARED)}) IS DISTINCT FROM "
-    f"({', '.join('s.' + c for c in _COMPARED)})"
-)
-_ADVANCE = """
-WITH a AS (
-    SELECT agent_id, acked_through AS t FROM agents WHERE agent_id = ANY(%(agents)s)
-    ORDER BY agent_id FOR UPDATE
-), b AS (   -- this flush's own run from t + 1 on is committed: no need to read it back
-    SELECT a.agent_id, a.t, greatest(a.t, coalesce(max(f.hi) FILTER (WHERE f.lo <= a.t + 1), a.t)) AS base
-    FROM a LEFT JOIN unnest(%(ra)s::text[], %(lo)s::bigint[], %(hi)s::bigint[]) AS f(agent_id, lo, hi) USING (agent_id)
-    GROUP BY a.agent_id, a.t
-), s AS (   -- per agent index range scans, whatever the planner thinks of the table sizes
-    SELECT b.agent_id, k.seq FROM b CROSS JOIN LATERAL (
-        SELECT seq FROM event_keys k WHERE k.agent_id = b.agent_id AND k.seq > b.base OFFSET 0) k
-    UNION
-    SELECT b.agent_id, d.seq FROM b CROSS JOIN LATERAL (
-        SELECT seq FROM dead_letters d WHERE d.agent_id = b.agent_id AND d.seq > b.base OFFSET 0) d
-), r AS (
-    SELECT agent_id, seq, seq - row_number() OVER (PARTITION BY agent_id ORDER BY seq) AS grp FROM s
-), m AS (
-    SELECT r.agent_id, max(r.seq) AS through FROM r JOIN b USING (agent_id) WHERE r.grp = b.base GROUP BY r.agent_id
-), n AS (
-    SELECT b.agent_id, b.t, coalesce(m.through, b.base) AS through FROM b LEFT JOIN m USING (agent_id)
-), u AS (
-    UPDATE agents g SET acked_through = n.through FROM n WHERE g.agent_id = n.agent_id AND n.through > n.t
-)
-SELECT agent_id, through FROM n
+# committed grows by the flush's seqs; acked_through is the end of the range holding acked_through + 1.
+_SETTLE = """
+UPDATE agents g SET committed = g.committed + u.m::int8multirange,
+    acked_through = greatest(g.acked_through, coalesce((
+        SELECT upper(r) - 1 FROM unnest(g.committed + u.m::int8multirange) r WHERE r @> g.acked_through + 1), 0))
+FROM unnest(%s::text[], %s::text[]) AS u(a, m)
+WHERE g.agent_id = u.a
+RETURNING g.agent_id, g.acked_through
 """
 POISON_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
 _FIELD_INDEX = re.compile(r"\[[0-9]+\]")
@@ -233,7 +200,6 @@ class Writer:
         with conn.cursor() as cur:
             # Short statements many times a second: compiling them (JIT) would cost more than it saves.
             cur.execute("SET jit = off")
-            cur.execute(STAGING_DDL)
             self.registry.load(cur)
         conn.commit()
         self.ensure_partitions()
@@ -332,13 +298,22 @@ class Writer:
                 unknown -= self.registry.ids.keys()
                 if unknown:
                     self.registry.resolve_unknown(cur, unknown, now)
-                ids = self.registry.ids
-            n_rows, dupes, state_lo = self._copy(cur, prepared, out, rejected)
+            rows = self._rows(prepared, out, rejected)
             for r in rejected:
                 if r.agent and r.seq is not None:
                     out.seqs.setdefault((r.factory or "", r.agent), []).append(r.seq)
-            out.inserted, out.duplicates, out.conflicts = self._insert(cur, n_rows, dupes, out.seqs)
-            if out.inserted and state_lo:
+            parts = split(rows, self._lock(cur, out.seqs, now))
+            duplicates, conflicts = self._compare(cur, parts.repeats)
+            out.duplicates = parts.duplicates + duplicates
+            out.conflicts = self._conflicts(cur, parts.conflicts + conflicts)
+            out.inserted = self._copy(cur, parts.new)
+            state_lo: dict[int, datetime] = {}
+            for row in parts.new:
+                if row[6] is not None:
+                    lo = state_lo.get(row[2])
+                    if lo is None or row[4] < lo:
+                        state_lo[row[2]] = row[4]
+            if state_lo:
                 robots = sorted(state_lo)
                 cur.execute(
                     "SELECT mark_state_robots(%s::bigint[], %s::timestamptz[])", (robots, [state_lo[r] for r in robots])
@@ -348,97 +323,102 @@ class Writer:
             for r in rejected:
                 key = reason_key(r.field)
                 out.dead_letter_reasons[key] = out.dead_letter_reasons.get(key, 0) + 1
-            out.through = self._advance(cur, out.seqs, now)
+            settled: dict[str, list[int]] = {}
+            for row in parts.new:
+                settled.setdefault(row[0], []).append(row[1])
+            for r in rejected:
+                if r.agent and r.seq is not None:
+                    settled.setdefault(r.agent, []).append(r.seq)
+            out.through = self._settle(cur, {agent for _, agent in out.seqs if agent}, settled)
         return out
 
-    def _copy(
-        self, cur: psycopg.Cursor[Any], prepared: Prepared, out: Committed, rejected: list[Rejected]
-    ) -> tuple[int, bool, dict[int, datetime]]:
-        """COPY the accepted rows into staging; (rows, any key twice, earliest state ts per robot)."""
+    def _rows(self, prepared: Prepared, out: Committed, rejected: list[Rejected]) -> list[Row]:
+        """The accepted events as ``events`` rows, robots resolved; a robot registered to another
+        factory that day is rejected."""
         registry = self.registry
         robots: dict[tuple[str, str], tuple[int, str | None, bool]] = {}  # -> (robot_id, home, moves)
-        state_lo: dict[int, datetime] = {}
-        n = 0
-        with cur.copy(f"COPY staging_events ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(COPY_TYPES)
-            write_row = copy.write_row
-            for msg, rows in prepared.accepted:
-                parts = msg.topic.split("/")
-                factory, agent = parts[2], parts[3]
-                seqs = out.seqs.setdefault((factory, agent), [])
-                for r in rows:
-                    seq, ts = r[0], r[3]
-                    seqs.append(seq)
-                    key = (r[1], r[2])
-                    robot = robots.get(key)
-                    if robot is None:
-                        robot_id = registry.ids[key]
-                        home = registry.only_home.get(robot_id)
-                        robot = robots[key] = (robot_id, home, home is None and robot_id in registry.assignments)
-                    robot_id, home, moves = robot
-                    if moves:  # a robot that changed factories: where was it that day?
-                        home = registry.factory_at(robot_id, ts.date())
-                    if home is not None and home != factory:
-                        rejected.append(
-                            Rejected.of_event(
-                                msg,
-                                seq,
-                                "robot",
-                                f"robot {key[0]}/{key[1]} is registered to factory {home}, not {factory}",
-                                event_to_dict(row_to_event(r)),
-                            )
+        rows: list[Row] = []
+        append = rows.append
+        for msg, events in prepared.accepted:
+            parts = msg.topic.split("/")
+            factory, agent = parts[2], parts[3]
+            seqs = out.seqs.setdefault((factory, agent), [])
+            for r in events:
+                seq, ts = r[0], r[3]
+                seqs.append(seq)
+                key = (r[1], r[2])
+                robot = robots.get(key)
+                if robot is None:
+                    robot_id = registry.ids[key]
+                    home = registry.only_home.get(robot_id)
+                    robot = robots[key] = (robot_id, home, home is None and robot_id in registry.assignments)
+                robot_id, home, moves = robot
+                if moves:  # a robot that changed factories: where was it that day?
+                    home = registry.factory_at(robot_id, ts.date())
+                if home is not None and home != factory:
+                    rejected.append(
+                        Rejected.of_event(
+                            msg,
+                            seq,
+                            "robot",
+                            f"robot {key[0]}/{key[1]} is registered to factory {home}, not {factory}",
+                            event_to_dict(row_to_event(r)),
                         )
-                        continue
-                    write_row((agent, seq, robot_id, factory, ts, r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11]))
-                    n += 1
-                    if r[5] is not None:
-                        lo = state_lo.get(robot_id)
-                        if lo is None or ts < lo:
-                            state_lo[robot_id] = ts
-        # A key twice (a replayed message in the same flush, say) needs the de-duplicating insert.
-        dupes = any(len(set(seqs)) < len(seqs) for seqs in out.seqs.values())
-        return n, dupes, state_lo
+                    )
+                    continue
+                append((agent, seq, robot_id, factory, ts, r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11]))
+        return rows
 
     @staticmethod
-    def _insert(
-        cur: psycopg.Cursor[Any], n_rows: int, dupes: bool, seqs: dict[tuple[str, str], list[int]]
-    ) -> tuple[int, int, int]:
-        if not n_rows:
-            return 0, 0, 0
-        if not dupes:
-            lows = sorted((agent, min(s)) for (_, agent), s in seqs.items() if s)
-            ahead = cur.execute(_ALL_AHEAD, ([a for a, _ in lows], [lo for _, lo in lows])).fetchone()
-            if ahead and ahead[0]:
-                try:
-                    with cur.connection.transaction():  # a savepoint, for the race below
-                        cur.execute(_INSERT_KEYS_AHEAD)
-                except psycopg.errors.UniqueViolation:
-                    log.info("another collector stored some of these keys meanwhile; skipping them")
-                else:
-                    cur.execute(_INSERT_ALL)
-                    cur.execute(_TRUNCATE)
-                    return n_rows, 0, 0
-        cur.execute(_INSERT_KEYS_DEDUP if dupes else _INSERT_KEYS)
-        inserted = cur.rowcount
-        if inserted == n_rows:  # all new, the usual case: no join needed
-            cur.execute(_INSERT_ALL)
-            cur.execute(_TRUNCATE)
-            return inserted, 0, 0
-        # Replays: look each staged key up by index. The planner has no statistics of the temp
-        # table and might otherwise hash all of event_keys or events (millions of rows).
-        cur.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
-        if inserted:
-            cur.execute(_INSERT_NEW)
-            if cur.rowcount != inserted:
-                raise RuntimeError(f"{inserted} new event keys but {cur.rowcount} new events")
-        conflicts = 0
-        if inserted < n_rows:
-            cur.execute(_CONFLICTS)
-            conflicts = cur.rowcount
-            if conflicts:
-                log.warning("%d repeated event key(s) with different content kept as conflicts", conflicts)
-        cur.execute(_TRUNCATE)
-        return inserted, n_rows - inserted - conflicts, conflicts
+    def _lock(cur: psycopg.Cursor[Any], seqs: dict[tuple[str, str], list[int]], now: datetime) -> dict[str, Settled]:
+        """Lock the flush's agents' rows (creating new agents) and read what each has settled."""
+        agents = sorted({agent: factory for factory, agent in seqs if agent}.items())
+        if not agents:
+            return {}
+        cur.execute(_LOCK_AGENTS, (now, [a for a, _ in agents], [f for _, f in agents]))
+        return {agent: Settled((r.lower, r.upper) for r in committed) for agent, committed in cur.fetchall()}
+
+    @staticmethod
+    def _copy(cur: psycopg.Cursor[Any], rows: list[Row]) -> int:
+        if rows:
+            with cur.copy(COPY_EVENTS) as copy:
+                copy.set_types(COPY_TYPES)
+                write_row = copy.write_row
+                for row in rows:
+                    write_row(row)
+        return len(rows)
+
+    @staticmethod
+    def _compare(cur: psycopg.Cursor[Any], repeats: list[Row]) -> tuple[int, list[Row]]:
+        """(duplicates, conflicts) among re-sent events: a repeat is a duplicate when the stored
+        event with its agent, seq, robot and time has its content; otherwise (other content,
+        robot or time; or a seq that was dead-lettered) it is a changed repeat."""
+        if not repeats:
+            return 0, []
+        cur.execute(
+            _STORED,
+            (
+                list(range(len(repeats))),
+                [r[2] for r in repeats],
+                [r[4] for r in repeats],
+                [r[0] for r in repeats],
+                [r[1] for r in repeats],
+            ),
+        )
+        stored = {i: content for i, *content in cur.fetchall()}
+        conflicts = [r for i, r in enumerate(repeats) if i not in stored or not same_event(stored[i], r[2:])]
+        return len(repeats) - len(conflicts), conflicts
+
+    @staticmethod
+    def _conflicts(cur: psycopg.Cursor[Any], rows: list[Row]) -> int:
+        """Keep changed repeats, never overwriting what is stored."""
+        if rows:
+            cur.executemany(
+                "INSERT INTO event_conflicts (agent_id, seq, payload) VALUES (%s, %s, %s)",
+                [(r[0], r[1], Jsonb(_payload(r))) for r in rows],
+            )
+            log.warning("%d repeated event key(s) with different content kept as conflicts", len(rows))
+        return len(rows)
 
     @staticmethod
     def _dead_letters(cur: psycopg.Cursor[Any], rejected: list[Rejected], now: datetime) -> int:
@@ -453,29 +433,17 @@ class Writer:
         return len(rejected)
 
     @staticmethod
-    def _advance(cur: psycopg.Cursor[Any], seqs: dict[tuple[str, str], list[int]], now: datetime) -> dict[str, int]:
-        """Raise each agent's acked_through over the contiguous run of stored or dead-lettered seqs."""
-        agents = sorted({agent: factory for factory, agent in seqs if agent}.items())
+    def _settle(cur: psycopg.Cursor[Any], agents: set[str], settled: dict[str, list[int]]) -> dict[str, int]:
+        """Add each agent's newly settled seqs to its committed ranges; its acked_through after."""
         if not agents:
             return {}
-        # Sorted, so two collectors lock agents rows in one order.
-        cur.execute(
-            "INSERT INTO agents (agent_id, factory_id, last_seen) "
-            "SELECT a, f, %s FROM unnest(%s::text[], %s::text[]) AS u(a, f) ORDER BY a "
-            "ON CONFLICT (agent_id) DO UPDATE SET last_seen = EXCLUDED.last_seen",
-            (now, [a for a, _ in agents], [f for _, f in agents]),
-        )
-        runs = [(agent, lo, hi) for (_, agent), s in seqs.items() if agent for lo, hi in seq_ranges(s)]
-        cur.execute(
-            _ADVANCE,
-            {
-                "agents": [a for a, _ in agents],
-                "ra": [r[0] for r in runs],
-                "lo": [r[1] for r in runs],
-                "hi": [r[2] for r in runs],
-            },
-        )
+        ordered = sorted(agents)
+        cur.execute(_SETTLE, (ordered, [multirange_text(settled.get(a, ())) for a in ordered]))
         return {agent: int(through) for agent, through in cur.fetchall()}
+
+
+def _payload(row: Row) -> dict[str, Any]:
+    return {c: (v.isoformat() if isinstance(v, datetime) else v) for c, v in zip(EVENT_COLUMNS, row, strict=True)}
 
 
 def _first_line(exc: BaseException) -> str:

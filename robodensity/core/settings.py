@@ -38,6 +38,8 @@ from pydantic_settings import (
 from robodensity.core.errors import ConfigError
 from robodensity.core.settings_errors import describe_env_parse_error, origins_of
 from robodensity.core.settings_errors import describe_validation_error as describe_validation_error  # for the CLI
+from robodensity.core.settings_modbus import ModbusSourceSettings, StateRuleSettings
+from robodensity.core.settings_native import HsesSourceSettings, RwsSourceSettings, UrDashSourceSettings
 from robodensity.core.wire import IDENT_RE, MAX_BATCH_EVENTS, Counter, State
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
@@ -284,6 +286,17 @@ class MqttJsonSourceSettings(MqttClientSettings):
     ts_field: str = "ts"
     state_map: dict[str, State] = Field(default_factory=lambda: {s.value: s for s in State})
     """Source state text -> canonical state."""
+    state_rules: tuple[StateRuleSettings, ...] = ()
+    """When set: the state from several fields (JSON paths) by these rules, first match wins,
+    instead of state_field and state_map. Example: { when = { "alarm.code" = { not = 0 } }, state = "FAULT" }."""
+    state_default: State = State.IDLE
+    """With state_rules: the state when no rule matches."""
+    manufacturer: str | None = None
+    """The manufacturer of every robot on this topic, for payloads that do not carry it."""
+    manufacturer_topic_level: int | None = Field(None, ge=0)
+    """0-based topic level that holds the manufacturer (wins over manufacturer_field)."""
+    serial_topic_level: int | None = Field(None, ge=0)
+    """0-based topic level that holds the serial number (wins over serial_field)."""
 
 
 _ID_BAD = re.compile(r"[/+#]")
@@ -373,6 +386,10 @@ class EdgeSettings(_Section):
     opcua: tuple[OpcUaSourceSettings, ...] = ()
     mqtt_json: tuple[MqttJsonSourceSettings, ...] = ()
     sparkplug: tuple[SparkplugSourceSettings, ...] = ()
+    hses: tuple[HsesSourceSettings, ...] = ()
+    rws: tuple[RwsSourceSettings, ...] = ()
+    urdash: tuple[UrDashSourceSettings, ...] = ()
+    modbus: tuple[ModbusSourceSettings, ...] = ()
 
     @field_validator("agent_id", "factory_id")
     @classmethod

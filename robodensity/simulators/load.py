@@ -43,11 +43,7 @@ def load_province(
             for ts, state in sched:
                 seqs[agent] = seqs.get(agent, 0) + 1
                 copy.write_row((agent, seqs[agent], rid, robot.factory, ts, "state", State(state).value))
-    with conn.transaction():  # what the collector maintains on every write
-        conn.execute(
-            "INSERT INTO event_keys (agent_id, seq, robot_id, ts) "
-            "SELECT agent_id, seq, robot_id, ts FROM events ON CONFLICT DO NOTHING"
-        )
+    with conn.transaction():  # what the collector's interval stage maintains
         conn.execute(
             "SELECT rebuild_state_intervals(array_agg(robot_id), array_agg(lo)) "
             "FROM (SELECT robot_id, min(ts) AS lo FROM events GROUP BY robot_id) r"

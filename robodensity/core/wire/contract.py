@@ -110,6 +110,10 @@ class Counter(enum.StrEnum):
     ENERGY_WH = "energy_wh"  # [Wh] OPC 40010 TotalEnergyConsumption
     CYCLES = "cycles"  # [1] completed program cycles
     STARTUPS = "startups"  # [1] controller start-ups
+    SERVO_ON_S = "servo_on_s"  # [s] drives powered (Yaskawa HSES 0x88 servo power-on time)
+    PLAYBACK_S = "playback_s"  # [s] in playback (Yaskawa HSES 0x88 playback time)
+    MOTION_S = "motion_s"  # [s] moving (Yaskawa HSES 0x88 motion time)
+    OPERATING_S = "operating_s"  # [s] working time of the first application (Yaskawa HSES 0x88 301)
 
 
 class WireError(ValueError):
