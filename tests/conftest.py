@@ -3,6 +3,10 @@
 Set ROBODENSITY_TEST_DATABASE_URL / ROBODENSITY_TEST_BROKER_URL to reuse running
 servers; otherwise each session starts throwaway ones and removes them afterwards.
 Every test that touches the database gets a schema of its own.
+
+Tests marked ``storage_modes`` run twice: on plain PostgreSQL (events in month partitions)
+and on a second cluster that preloads TimescaleDB (events a hypertable; set
+ROBODENSITY_TEST_TIMESCALE_URL to reuse one), skipped with the reason where it is missing.
 """
 
 from __future__ import annotations
@@ -13,17 +17,51 @@ from collections.abc import Iterator
 
 import pytest
 
-from robodensity.app.embedded import embedded_mosquitto, embedded_postgres
+from robodensity.app.embedded import embedded_mosquitto, embedded_postgres, timescaledb_installed
 from robodensity.storage.db import drop_schema, migrate
 
 
+STORAGE_MODES = ("partitions", "timescaledb")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "pg_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker("storage_modes"):
+        metafunc.parametrize("pg_url", STORAGE_MODES, indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
+def pg_url(request: pytest.FixtureRequest) -> str:
+    """The plain cluster's URL, or the TimescaleDB one's for a ``storage_modes`` test's second run."""
+    mode = getattr(request, "param", "partitions")
+    return str(request.getfixturevalue("timescale_pg_url" if mode == "timescaledb" else "plain_pg_url"))
+
+
+@pytest.fixture
+def storage_mode(request: pytest.FixtureRequest) -> str:
+    """How this run stores events: 'timescaledb' on a ``storage_modes`` test's second run."""
+    callspec = getattr(request.node, "callspec", None)
+    return str(callspec.params.get("pg_url", "partitions")) if callspec else "partitions"
+
+
+@pytest.fixture(scope="session")
+def plain_pg_url() -> Iterator[str]:
     url = os.environ.get("ROBODENSITY_TEST_DATABASE_URL")
     if url:
         yield url
         return
     with embedded_postgres() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def timescale_pg_url() -> Iterator[str]:
+    url = os.environ.get("ROBODENSITY_TEST_TIMESCALE_URL")
+    if url:
+        yield url
+        return
+    if not timescaledb_installed():
+        pytest.skip("TimescaleDB is not installed beside PostgreSQL (./dev test builds it from ../shared/vendor)")
+    with embedded_postgres(timescaledb=True) as url:
         yield url
 
 

@@ -203,3 +203,63 @@ def test_bulletin_renders_in_headless_chromium_and_is_not_blank(
     assert len(colours) > 8, "the screenshot has almost no colours: no charts rendered"
     # The bar colour of the density chart is on screen.
     assert any(bytes((0x2F, 0x6D, 0xB5)) == r[x : x + 3] for r in rows for x in range(0, len(r), 3))
+
+
+# ----------------------------------------------------------------------------- Chinese glyphs
+
+HEADINGS_ZH = ("工业机器人密度月报", "总体", "各市密度与目标", "利用率", "数据缺口")
+NO_CJK_FONTS = """<?xml version="1.0"?><!DOCTYPE fontconfig SYSTEM "fonts.dtd">
+<fontconfig><dir>/usr/share/fonts/truetype/dejavu</dir><cachedir>{cache}</cachedir></fontconfig>
+"""
+
+
+def _poppler(tool: str) -> str:
+    found = shutil.which(tool)
+    if not found:
+        pytest.skip(f"{tool} (Debian poppler-utils, installed by ./dev test) is not installed")
+    return found
+
+
+def _embedded_glyphs(pdf: bytes) -> dict[str, int]:
+    """Glyph outlines embedded in the PDF per font family (Chromium embeds each font as Type 3 glyph procedures)."""
+    families = {
+        num: fam.decode()
+        for num, fam in re.findall(rb"(\d+) 0 obj\s*<</Type /FontDescriptor\s*/FontFamily \(([^)]*)\)", pdf)
+    }
+    glyphs: dict[str, int] = {}
+    for desc, procs in re.findall(rb"/Subtype /Type3.*?/FontDescriptor (\d+) 0 R.*?/CharProcs <<(.*?)>>", pdf, re.S):
+        family = families.get(desc, "?")
+        glyphs[family] = glyphs.get(family, 0) + len(re.findall(rb"/g[0-9A-F]+ \d+ 0 R", procs))
+    return glyphs
+
+
+def test_bulletin_pdf_embeds_a_cjk_font_and_the_chinese_headings_render(
+    loaded: Loaded, tmp_path: Path, chromium_available: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "bulletin.html"
+    with connect(loaded.url, loaded.schema) as conn:
+        written = write_bulletin(conn, "320000", "2026-02", out, pdf=True)
+    pdf = out.with_suffix(".pdf")
+    assert pdf in written
+    glyphs = _embedded_glyphs(pdf.read_bytes())
+    cjk = {family: n for family, n in glyphs.items() if "CJK" in family}
+    # Far more glyphs than fonts: the Chinese characters' outlines, not one .notdef box per font.
+    assert cjk and sum(cjk.values()) > 60, f"no CJK glyphs embedded in the PDF: {glyphs}"
+    text = subprocess.run([_poppler("pdftotext"), str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    for heading in HEADINGS_ZH:
+        assert heading in text, f"{heading!r} not in the PDF's text"
+
+    # The same page rendered with only a Latin font installed differs: Chinese glyphs were drawn, not boxes.
+    def shot(name: str) -> list[bytes]:
+        path = tmp_path / f"{name}.png"
+        res = chromium([f"--screenshot={path}", "--window-size=900,700", "--hide-scrollbars", out.resolve().as_uri()])
+        assert res.returncode == 0 and path.is_file(), res.stderr[-500:]
+        return _png_pixels(path.read_bytes())[2]
+
+    with_font = shot("with-cjk")
+    conf = tmp_path / "fonts.conf"
+    conf.write_text(NO_CJK_FONTS.format(cache=tmp_path / "fc-cache"), encoding="utf-8")
+    monkeypatch.setenv("FONTCONFIG_FILE", str(conf))
+    without = shot("without-cjk")
+    differing = sum(a != b for a, b in zip(with_font, without, strict=True))
+    assert differing > 20, f"only {differing} of {len(with_font)} screenshot rows differ without the CJK font"

@@ -20,6 +20,7 @@ from robodensity.simulators.province import CitySpec, ProvinceSpec, generate
 from robodensity.storage.db import connect
 from tests.helpers import import_province, running_collector, wait_until
 
+pytestmark = pytest.mark.storage_modes
 NOW = datetime.now(UTC).replace(microsecond=0)
 PROVINCE = generate(ProvinceSpec(cities=(CitySpec("320100", "南京市", "Nanjing", 2),), robots=6), seed=3)
 F1, F2 = PROVINCE.factories

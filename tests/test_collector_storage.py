@@ -26,6 +26,7 @@ from robodensity.storage import rollups
 from robodensity.storage.db import connect, drop_schema, migrate, migrations
 from tests.helpers import running_collector, wait_until
 
+pytestmark = pytest.mark.storage_modes
 NOW = datetime.now(UTC).replace(microsecond=0)
 FACTORY = "f1"
 
@@ -42,6 +43,11 @@ def _state(seq: int, robot: RobotId, ts: datetime, state: State) -> Event:
 def writer(pg_url: str, schema: str) -> Iterator[Writer]:
     with connect(pg_url, schema) as conn:
         yield Writer(conn)
+
+
+def _partitions_only(storage_mode: str) -> None:
+    if storage_mode != "partitions":
+        pytest.skip("month partitions are the plain-PostgreSQL layout (TimescaleDB: tests/test_timescale.py)")
 
 
 def _one(conn: psycopg.Connection, query: str, *args: object) -> object:
@@ -153,7 +159,7 @@ def test_a_payload_that_breaks_the_decoder_itself_is_a_dead_letter(writer: Write
 # ------------------------------------------------------------------ partitions and the idempotency key
 
 
-def test_migrations_keep_events_stored_before_partitioning(pg_url: str) -> None:
+def test_migrations_keep_events_stored_before_partitioning(pg_url: str, storage_mode: str) -> None:
     schema = f"t_old_{random.randrange(16**8):08x}"
     try:
         with connect(pg_url, schema, autocommit=True) as conn:
@@ -184,9 +190,14 @@ def test_migrations_keep_events_stored_before_partitioning(pg_url: str) -> None:
             ).fetchall()
             assert len({month for month, _, _ in placed}) >= 3
             assert sum(n for _, _, n in placed) == 100
+            if storage_mode == "timescaledb":  # weekly chunks: 100 days make at least 14
+                assert all(part.startswith("_timescaledb_internal._hyper_") for _, part, _ in placed), placed
+                assert len({part for _, part, _ in placed}) >= 14
+                placed = []
             assert all(part in (month, "events_default") for month, part, _ in placed), placed
-            assert {part for _, part, _ in placed} >= {"events_default"}  # the months before the migration's
-            assert len({part for _, part, _ in placed}) >= 2
+            if placed:
+                assert {part for _, part, _ in placed} >= {"events_default"}  # the months before the migration's
+                assert len({part for _, part, _ in placed}) >= 2
             stored = conn.execute("SELECT ts FROM events WHERE seq = 5").fetchone()[0]
             writer = Writer(conn)
             result = writer.flush([_msg([_state(5, RobotId("KUKA", "S1"), stored, State.IDLE)])])
@@ -196,7 +207,8 @@ def test_migrations_keep_events_stored_before_partitioning(pg_url: str) -> None:
         drop_schema(pg_url, schema)
 
 
-def test_events_go_to_monthly_partitions_and_old_months_to_the_default(writer: Writer) -> None:
+def test_events_go_to_monthly_partitions_and_old_months_to_the_default(writer: Writer, storage_mode: str) -> None:
+    _partitions_only(storage_mode)
     robot = RobotId("KUKA", "S1")
     old = datetime(2025, 3, 10, tzinfo=UTC)
     writer.flush([_msg([_state(1, robot, NOW, State.IDLE), _state(2, robot, old, State.IDLE)])])
@@ -227,7 +239,8 @@ def test_a_key_twice_in_one_flush_stores_the_first_and_keeps_the_other_as_a_conf
     assert _one(writer.conn, "SELECT state FROM events") == "IDLE"
 
 
-def test_old_partitions_are_dropped_and_their_seqs_stay_settled(writer: Writer) -> None:
+def test_old_partitions_are_dropped_and_their_seqs_stay_settled(writer: Writer, storage_mode: str) -> None:
+    _partitions_only(storage_mode)
     robot = RobotId("KUKA", "S1")
     writer.conn.execute("SELECT add_event_partition('2024-01-01')")
     writer.conn.commit()
@@ -373,31 +386,23 @@ def test_event_counts_per_quarter_hour_are_a_view_in_both_modes(writer: Writer) 
     if rollups.storage_mode(writer.conn) == "timescaledb":
         writer.conn.commit()
         writer.conn.autocommit = True  # a continuous aggregate is refreshed outside a transaction
-        writer.conn.execute("CALL refresh_continuous_aggregate('events_15m', NULL, NULL)")
+        writer.conn.execute("CALL public.refresh_continuous_aggregate('events_15m', NULL, NULL)")
         writer.conn.autocommit = False
     rows = writer.conn.execute("SELECT bucket, type, event_count FROM v_event_counts_15m ORDER BY 1, 2").fetchall()
     assert rows == [(t0, "state", 2), (t0 + timedelta(minutes=15), "counter", 1)]
 
 
-def test_the_storage_mode_is_reported(writer: Writer) -> None:
-    has_timescale = _one(writer.conn, "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'")
-    assert rollups.storage_mode(writer.conn) == ("timescaledb" if has_timescale else "partitions")
-
-
-def test_timescaledb_mode_makes_events_a_hypertable(writer: Writer) -> None:
-    if not _one(writer.conn, "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"):
-        pytest.skip(
-            "TimescaleDB is not installed in this PostgreSQL (pg_available_extensions has no "
-            "timescaledb, or it is not in shared_preload_libraries): the plain partitions path is tested"
-        )
-    assert (
-        _one(
-            writer.conn,
-            "SELECT count(*) FROM timescaledb_information.hypertables "
-            "WHERE hypertable_name = 'events' AND hypertable_schema = current_schema()",
-        )
-        == 1
+def test_the_storage_mode_is_the_runs_and_events_are_a_hypertable_exactly_under_timescaledb(
+    writer: Writer, storage_mode: str
+) -> None:
+    assert rollups.storage_mode(writer.conn) == storage_mode
+    hypertables = _one(
+        writer.conn,
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relname = 'events' AND n.nspname = current_schema() AND EXISTS ("
+        "  SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') AND c.relkind = 'r'",
     )
+    assert hypertables == (1 if storage_mode == "timescaledb" else 0)  # a partitioned table otherwise
     writer.flush([_msg([_state(1, RobotId("KUKA", "S1"), NOW, State.IDLE)])])
     assert _one(writer.conn, "SELECT count(*) FROM events") == 1
 

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 START = datetime(2026, 1, 1, tzinfo=LOCAL_TZ)
 FEB = datetime(2026, 2, 1, tzinfo=LOCAL_TZ)
 END = datetime(2026, 3, 1, tzinfo=LOCAL_TZ)
+pytestmark = pytest.mark.storage_modes
 SEED = 11
 TIME_TYPES = {"timestamptz", "timestamp", "date"}
 NUMBER_TYPES = {"int2", "int4", "int8", "float4", "float8", "numeric"}
@@ -100,6 +101,17 @@ def _fleet_fixtures(conn: psycopg.Connection, province: Province) -> None:
         "VALUES ('sim-unknown', 1, %s, %s, %s, 'state', 'EXECUTING')",
         (rid, first, START + timedelta(days=5)),
     )
+    _clock_fixtures(conn, first)
+
+
+def _clock_fixtures(conn: psycopg.Connection, factory: str) -> None:
+    """One robot whose clock ran an hour fast (corrected at the edge), one agent 1.5 s behind."""
+    conn.execute(
+        "UPDATE events SET clock_offset_s = -3600 WHERE (agent_id, seq) IN "
+        "(SELECT agent_id, seq FROM events WHERE factory_id = %s AND type = 'state' ORDER BY ts LIMIT 5)",
+        (factory,),
+    )
+    conn.execute("UPDATE agents SET clock_offset_s = 1.5, clock_offset_at = now() WHERE factory_id = %s", (factory,))
 
 
 # ----------------------------------------------------------------------------- running panels
@@ -358,6 +370,11 @@ def test_fleet_health_counts_agents_backlog_dead_letters_and_unregistered_robots
     assert [(r[0], r[2]) for r in rows] == [("schema", 2), ("unknown_robot", 1)]
     _cols, rows = run(loaded, _panel(uid, "Robots seen in telemetry")["targets"][0]["rawSql"], {})
     assert [(r[0], r[1], r[3]) for r in rows] == [("ACME", "U-1", loaded.province.factories[0].id)]
+    assert _value(loaded, uid, "Robots with a corrected clock", {}) >= 1
+    _cols, rows = run(loaded, _panel(uid, "Robot clocks corrected")["targets"][0]["rawSql"], {})
+    assert {r[4] for r in rows} == {3600.0} and sum(r[5] for r in rows) == 5
+    _cols, rows = run(loaded, _panel(uid, "Agent clocks against")["targets"][0]["rawSql"], {})
+    assert [r[2] for r in rows] == [-1.5]
 
 
 # ----------------------------------------------------------------------------- the JSON models

@@ -16,6 +16,7 @@ from robodensity.app.demo import run_demo
 from robodensity.core.settings import load_settings
 from robodensity.core.wire import State
 from robodensity.simulators.province import CitySpec, ProvinceSpec
+from robodensity.storage.db import connect
 
 pytestmark = pytest.mark.slow
 
@@ -26,10 +27,19 @@ SPEC = ProvinceSpec(
 )
 
 
-def test_the_demo_reports_what_the_simulated_province_holds(pg_url: str, broker_url: str, tmp_path: Path) -> None:
-    settings = load_settings(database={"url": pg_url}, broker={"url": broker_url})
+def test_the_demo_reports_what_the_simulated_province_holds(broker_url: str, tmp_path: Path) -> None:
+    # No database configured: the demo starts its own, and keep=True leaves it running.
+    settings = load_settings(broker={"url": broker_url})
     schema = f"demo_{uuid.uuid4().hex[:8]}"
-    result = run_demo(settings, tmp_path, SPEC, seed=11, hours=4, replay_s=6, schema=schema)
+    result = run_demo(settings, tmp_path, SPEC, seed=11, hours=4, replay_s=6, schema=schema, keep=True)
+    assert result.kept is not None
+    try:
+        with connect(result.db_url, schema) as conn:  # still running after run_demo returned
+            (n,) = conn.execute("SELECT count(*) FROM density WHERE region_code = '320000'").fetchone() or (0,)
+            assert n >= 2  # the shift's density and the bulletin month's
+    finally:
+        result.kept.stop()
+        result.kept.remove()
     province = result.province
     assert {f.protocol for f in province.factories} == {"opcua", "mqtt"}
     by_region = {row["region_code"]: row for row in result.rows}
@@ -49,3 +59,8 @@ def test_the_demo_reports_what_the_simulated_province_holds(pg_url: str, broker_
 
     assert by_region["320000"]["target"] == 500
     assert result.dashboards and all(json.loads(p.read_text()) for p in result.dashboards if p.suffix == ".json")
+    # The bulletin sits next to the dashboards: the province's month to date, in Chinese and English.
+    assert result.bulletin == tmp_path / "bulletin.html"
+    page = result.bulletin.read_text(encoding="utf-8")
+    assert "机器人密度" in page and "Robot density" in page
+    assert 'data-key="robot_count" data-region="320000" data-value="16"' in page

@@ -4,8 +4,10 @@ Starts what settings leave unconfigured (PostgreSQL, Mosquitto), imports the
 province's registry, runs one OPC UA controller per OPC UA factory and MQTT
 publishers for the others, one edge agent per factory, and the collector; replays
 ``hours`` of simulated robot life at ``speed`` times wall time; computes metrics;
-writes the dashboards; tears everything down. ``run_demo`` returns the density rows
-and the simulator's ground truth so the end-to-end test can check the numbers.
+writes the dashboards and the month's bulletin (``out/bulletin.html``, a picture of the
+result without a Grafana server); tears everything down, except PostgreSQL when ``keep``
+is set (a Grafana can then be pointed at it). ``run_demo`` returns the density rows and
+the simulator's ground truth so the end-to-end test can check the numbers.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from robodensity.app import metrics_job
-from robodensity.app.embedded import embedded_mosquitto, embedded_postgres
+from robodensity.app.embedded import EmbeddedPostgres, embedded_mosquitto, embedded_postgres
+from robodensity.app.metrics_job import LOCAL_TZ
 from robodensity.app.report import density_report
 from robodensity.collector.consume import Collector
 from robodensity.core.errors import RoboDensityError
@@ -50,16 +53,36 @@ class DemoResult:
     out_dir: Path | None = None
     dashboards: list[Path] = field(default_factory=list)
     events_stored: int = 0
+    bulletin: Path | None = None
+    """The month's bulletin (HTML; a PDF beside it when Chromium is installed)."""
+    db_url: str = ""
+    kept: EmbeddedPostgres | None = None
+    """The embedded PostgreSQL left running by ``keep=True`` (stop it with ``kept.stop()``)."""
 
 
 @contextlib.contextmanager
-def services(settings: Settings) -> Iterator[tuple[str, str]]:
-    """(database URL, broker URL): configured ones, else embedded ones started here."""
+def services(settings: Settings, keep: list[EmbeddedPostgres] | None = None) -> Iterator[tuple[str, str]]:
+    """(database URL, broker URL): configured ones, else embedded ones started here.
+
+    With ``keep`` (a list), an embedded PostgreSQL is started but not stopped: it is appended to ``keep``.
+    """
     with contextlib.ExitStack() as stack:
         db = settings.database.url.get_secret_value() if settings.database.url else None
+        if not db and keep is not None:
+            pg = EmbeddedPostgres()
+            pg.init()
+            pg.start()
+            keep.append(pg)
+            db = pg.url
         db = db or stack.enter_context(embedded_postgres())
         broker = settings.broker.url or stack.enter_context(embedded_mosquitto())
-        yield db, broker
+        try:
+            yield db, broker
+        except BaseException:
+            for pg in keep or []:  # a failed demo keeps nothing
+                pg.stop()
+                pg.remove()
+            raise
 
 
 def schedules_for(province: Province, seed: int, start: datetime, end: datetime) -> dict[str, Schedule]:
@@ -78,6 +101,7 @@ def run_demo(
     replay_s: float = 30.0,
     schema: str = DEFAULT_SCHEMA,
     step: Step = lambda _m, _f: None,
+    keep: bool = False,
 ) -> DemoResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     province = generate(spec, seed)
@@ -85,7 +109,8 @@ def run_demo(
     start = end - timedelta(hours=hours)
     schedules = schedules_for(province, seed, start, end)
     step("starting services", 0.02)
-    with services(settings) as (db_url, broker_url):
+    kept: list[EmbeddedPostgres] = []
+    with services(settings, kept if keep else None) as (db_url, broker_url):
         step("migrating the database", 0.05)
         migrate(db_url, schema)
         with connect(db_url, schema) as conn:
@@ -122,12 +147,30 @@ def run_demo(
             metrics_job.compute(conn, start, end)
             rows = density_report(conn, province.code)
             stored = conn.execute("SELECT count(*) FROM events").fetchone()
-        step("writing dashboards", 0.97)
+        step("writing dashboards and the bulletin", 0.95)
         from robodensity.dashboards.build import write_dashboards
 
         paths = write_dashboards(out_dir / "dashboards")
+        bulletin = write_month_bulletin(db_url, schema, province.code, end, out_dir / "bulletin.html")
     truth = {key: seconds_in_state(s, start, end) for key, s in schedules.items()}
-    return DemoResult(province, start, end, rows, truth, out_dir, paths, int(stored[0]) if stored else 0)
+    stored_n = int(stored[0]) if stored else 0
+    result = DemoResult(province, start, end, rows, truth, out_dir, paths, stored_n, bulletin, db_url)
+    result.kept = kept[0] if kept else None
+    return result
+
+
+def write_month_bulletin(db_url: str, schema: str, region: str, at: datetime, out: Path) -> Path:
+    """The bulletin of the month (China Standard Time) holding ``at``, to date; computes the month's densities."""
+    from robodensity.dashboards.bulletin import write_bulletin
+
+    local = at.astimezone(LOCAL_TZ)
+    first = datetime(local.year, local.month, 1, tzinfo=LOCAL_TZ)
+    nxt = datetime(local.year + local.month // 12, local.month % 12 + 1, 1, tzinfo=LOCAL_TZ)
+    with connect(db_url, schema) as conn:
+        metrics_job.compute(conn, first, nxt)
+        conn.commit()
+        write_bulletin(conn, region, f"{first:%Y-%m}", out)
+    return out
 
 
 def _stored_through(db_url: str, schema: str, schedules: dict[str, Schedule]) -> bool:
@@ -225,8 +268,9 @@ async def _fleet(
 
 
 async def _until(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Wait for ``cond``; it runs in a thread (it may query PostgreSQL or SQLite), never on the loop."""
     deadline = time.monotonic() + timeout_s
-    while not cond():
+    while not await asyncio.to_thread(cond):
         if time.monotonic() > deadline:
             raise RoboDensityError(f"demo: timed out after {timeout_s:.0f} s waiting for {what}")
         await asyncio.sleep(0.1)

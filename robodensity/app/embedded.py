@@ -49,6 +49,12 @@ def postgres_bindir() -> Path:
     return bindir
 
 
+def timescaledb_installed(bindir: Path | None = None) -> bool:
+    """TimescaleDB's library sits beside the server's (Debian's layout; ./dev builds it there)."""
+    bindir = bindir or postgres_bindir()
+    return (bindir.parent / "lib" / "timescaledb.so").exists()
+
+
 def _as_postgres(cmd: list[str]) -> list[str]:
     if os.geteuid() != 0:
         return cmd
@@ -62,10 +68,17 @@ class EmbeddedPostgres:
 
     fsync is off: this cluster is for demos and tests and dies with them (a killed server
     still recovers from its WAL; only an operating-system crash could lose data).
+    ``timescaledb`` preloads TimescaleDB (a ServiceError when it is not installed), so that
+    migrations/004 makes events a hypertable. ``logical`` sets wal_level=logical, so the
+    cluster can publish to (or subscribe from) another by logical replication (federation).
     """
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, timescaledb: bool = False, logical: bool = False) -> None:
         self.bindir = postgres_bindir()
+        if timescaledb and not timescaledb_installed(self.bindir):
+            raise ServiceError(f"TimescaleDB is not installed beside {self.bindir} (./dev test builds it)")
+        self.timescaledb = timescaledb
+        self.logical = logical
         self.port = port or free_port()
         self.root = Path(tempfile.mkdtemp(prefix="robodensity-pg-"))
         self.data = self.root / "data"
@@ -86,6 +99,10 @@ class EmbeddedPostgres:
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c full_page_writes=off -c max_connections=200"
         )
+        if self.timescaledb:
+            opts += " -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off"
+        if self.logical:
+            opts += " -c wal_level=logical -c wal_retrieve_retry_interval=500ms"
         pg_ctl = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.root / "log")]
         _run(_as_postgres([*pg_ctl, "-w", "-t", "60", "start"]), "pg_ctl start")
 
@@ -116,15 +133,17 @@ class EmbeddedPostgres:
 
 
 @contextlib.contextmanager
-def embedded_postgres(port: int | None = None) -> Iterator[str]:
+def embedded_postgres(port: int | None = None, timescaledb: bool = False) -> Iterator[str]:
     """A new PostgreSQL cluster in a temporary folder; yields its URL."""
-    with running_postgres(port) as pg:
+    with running_postgres(port, timescaledb) as pg:
         yield pg.url
 
 
 @contextlib.contextmanager
-def running_postgres(port: int | None = None) -> Iterator[EmbeddedPostgres]:
-    pg = EmbeddedPostgres(port)
+def running_postgres(
+    port: int | None = None, timescaledb: bool = False, logical: bool = False
+) -> Iterator[EmbeddedPostgres]:
+    pg = EmbeddedPostgres(port, timescaledb, logical)
     try:
         pg.init()
         pg.start()

@@ -1,12 +1,18 @@
 """The metrics job: load rows from PostgreSQL, run the pure metrics core, store results.
 
-This is the thin I/O adapter around ``metrics/``: every number is computed there. It writes
-two things:
+This is the I/O adapter around ``metrics/``: every number is computed there. It writes two
+things:
 
 * the blocks (``robot_blocks_15m``, ``robot_blocks_daily``; rules in ``metrics/blocks.py``)
   of every local day the period touches, from which every dashboard figure is summed;
-* densities per (region, industry) for every region level a factory belongs to (district,
-  city, province) and for all industries together ('*').
+* densities of every definition per (region, industry) for every region level a factory
+  belongs to (district, city, province) and for all industries together ('*'): ``app/density_job.py``.
+
+Columns in, columns out: state events come with binary COPY straight into numpy arrays
+(:mod:`storage.binary_copy`), robots in chunks of at most :data:`CELLS_PER_CHUNK`
+robot-buckets so memory stays bounded at any scale, and blocks go back with binary COPY. One
+load of a chunk's events serves every bucket size (15 minutes, days) and the verification
+window. ``app/metrics_follow.py`` reuses :func:`store_chunk` to refresh only what changed.
 
 Robots in operation come from the storage layer's one definition, ``robots_in_operation(at)``
 (migrations/015_metric_blocks.sql), evaluated on the period's last local day.
@@ -14,29 +20,35 @@ Robots in operation come from the storage layer's one definition, ``robots_in_op
 
 from __future__ import annotations
 
+import resource
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import psycopg
 from psycopg import sql
 
+from robodensity.app import density_job
 from robodensity.core.settings import DEFAULT_TIMEZONE
 from robodensity.metrics.blocks import COLUMNS, Blocks, quarter_hour_edges, robot_blocks
-from robodensity.metrics.density import region_ancestors, rollup
-from robodensity.metrics.state_time import attribute, group_at, seconds_in_state, utilisation
-from robodensity.metrics.states import EXECUTING, N_STATES, OFFLINE, state_codes
+from robodensity.metrics.state_time import group_at, seconds_in_state
+from robodensity.metrics.states import EXECUTING, N_STATES, STATES
+from robodensity.storage.binary_copy import PG_EPOCH_DAYS, PG_EPOCH_US, copy_in, copy_out, pack, text_dtype
 
 LOCAL_TZ = ZoneInfo(DEFAULT_TIMEZONE)
 """Days of the daily blocks and of density periods are those of China Standard Time."""
-ALL_INDUSTRIES = "*"
 ACTIVE_WINDOW = timedelta(days=30)
 """A robot is *verified* when it was EXECUTING in the period or in the 30 days before its end."""
-Progress = Callable[[str], None]
+Progress = Callable[[str, float], None]
+"""Progress callback: (what is happening, with events/s and memory; fraction done 0..1)."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _quiet(_what: str, _done: float) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -54,7 +66,7 @@ class Fleet:
 
 @dataclass(frozen=True)
 class StateEvents:
-    robot_id: np.ndarray  # int64
+    robot_id: np.ndarray  # int64 (robot ids as loaded; robot indices in a Chunk)
     ts_us: np.ndarray  # int64 [µs since epoch]
     state: np.ndarray  # int8 codes
 
@@ -64,13 +76,23 @@ def _us(t: datetime) -> int:
     return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
 
 
-def _at_us(us: int) -> datetime:
+def _at_us(us: int | np.integer) -> datetime:
     return _EPOCH + timedelta(microseconds=int(us))
 
 
 def last_day(end: datetime) -> date:
     """The local day of the period's last moment: robots in operation are counted on it."""
     return (end - timedelta(microseconds=1)).astimezone(LOCAL_TZ).date()
+
+
+def local_midnight(t: datetime) -> datetime:
+    """The start of ``t``'s local day."""
+    return datetime.combine(t.astimezone(LOCAL_TZ).date(), datetime.min.time(), LOCAL_TZ)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far [MB]."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def load_fleet(conn: psycopg.Connection, at: date) -> Fleet:
@@ -96,53 +118,61 @@ def load_fleet(conn: psycopg.Connection, at: date) -> Fleet:
     )
 
 
-_EVENTS_SQL = """
-WITH seed AS (   -- each robot's state at the window's start
-  SELECT DISTINCT ON (robot_id) robot_id, ts, state, seq FROM events
-  WHERE type = 'state' AND ts < %(s)s ORDER BY robot_id, ts DESC, seq DESC
+_STATE_CODE = sql.SQL("CASE state {} END::int2").format(
+    sql.SQL(" ").join(sql.SQL("WHEN {} THEN {}").format(s.value, i) for i, s in enumerate(STATES))
 )
-SELECT robot_id, ts, state, seq FROM events WHERE type = 'state' AND ts >= %(s)s AND ts < %(e)s
-UNION ALL
-SELECT robot_id, ts, state, seq FROM seed
-UNION ALL   -- a fault under way at the start: its first event, so its repair has its whole duration
-SELECT s.robot_id, f.ts, 'FAULT', f.seq FROM seed s
-CROSS JOIN LATERAL (
-  SELECT e.ts, e.seq FROM events e
-  WHERE e.robot_id = s.robot_id AND e.type = 'state' AND e.state = 'FAULT' AND e.ts < s.ts
-    AND e.ts > coalesce((SELECT max(n.ts) FROM events n WHERE n.robot_id = s.robot_id AND n.type = 'state'
-                         AND n.state <> 'FAULT' AND n.ts < s.ts), '-infinity')
-  ORDER BY e.ts, e.seq LIMIT 1
-) f
-WHERE s.state = 'FAULT'
-ORDER BY 1, 2, 4
-"""
+_EVENTS_SQL = sql.SQL("""
+WITH seed AS (   -- each robot's state at the window's start
+  SELECT i.robot_id, e.ts, e.state, e.seq FROM unnest(%(ids)s::bigint[]) AS i(robot_id)
+  CROSS JOIN LATERAL (
+    SELECT ts, state, seq FROM events e WHERE e.robot_id = i.robot_id AND e.type = 'state' AND e.ts < %(s)s
+    ORDER BY e.ts DESC, e.seq DESC LIMIT 1
+  ) e
+), ev AS (
+  SELECT robot_id, ts, state, seq FROM events
+  WHERE type = 'state' AND robot_id = ANY(%(ids)s::bigint[]) AND ts >= %(s)s AND ts < %(e)s
+  UNION ALL
+  SELECT robot_id, ts, state, seq FROM seed
+  UNION ALL   -- a fault under way at the start: its first event, so its repair has its whole duration
+  SELECT s.robot_id, f.ts, 'FAULT', f.seq FROM seed s
+  CROSS JOIN LATERAL (
+    SELECT e.ts, e.seq FROM events e
+    WHERE e.robot_id = s.robot_id AND e.type = 'state' AND e.state = 'FAULT' AND e.ts < s.ts
+      AND e.ts > coalesce((SELECT max(n.ts) FROM events n WHERE n.robot_id = s.robot_id AND n.type = 'state'
+                           AND n.state <> 'FAULT' AND n.ts < s.ts), '-infinity')
+    ORDER BY e.ts, e.seq LIMIT 1
+  ) f
+  WHERE s.state = 'FAULT'
+)
+SELECT robot_id, ts, {} FROM ev ORDER BY robot_id, ts, seq
+""").format(_STATE_CODE)
 
 
-def load_state_events(conn: psycopg.Connection, start: datetime, end: datetime) -> StateEvents:
-    """State events in [start, end), each robot's last one before start and, when that is a
-    FAULT, the first event of its run; sorted by robot, time, seq."""
-    rows = conn.execute(_EVENTS_SQL, {"s": start, "e": end}).fetchall()
+def load_state_events(conn: psycopg.Connection, ids: np.ndarray, start: datetime, end: datetime) -> StateEvents:
+    """State events of robots ``ids`` in [start, end), each robot's last one before start and,
+    when that is a FAULT, the first event of its run; sorted by robot, time, seq. One binary
+    COPY into arrays, no Python object per event."""
+    rows = copy_out(
+        conn,
+        _EVENTS_SQL,
+        {"ids": ids.tolist(), "s": start, "e": end},
+        [("robot_id", ">i8"), ("ts", ">i8"), ("state", ">i2")],
+    )
     return StateEvents(
-        robot_id=np.array([r[0] for r in rows], dtype=np.int64),
-        ts_us=np.array([_us(r[1]) for r in rows], dtype=np.int64),
-        state=state_codes([r[2] for r in rows]),
+        rows["robot_id"].astype(np.int64),
+        rows["ts"].astype(np.int64) + PG_EPOCH_US,
+        rows["state"].astype(np.int8),
     )
 
 
-def _select(events: StateEvents, robot_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Events of ``robot_ids`` (sorted) as (robot index, ts, state); other robots' events dropped."""
-    idx = np.searchsorted(robot_ids, events.robot_id)
-    idx_clipped = np.minimum(idx, max(len(robot_ids) - 1, 0))
-    known = (idx < len(robot_ids)) & (robot_ids[idx_clipped] == events.robot_id) if len(robot_ids) else idx < 0
-    return idx[known], events.ts_us[known], events.state[known]
-
-
-def robot_seconds(
-    events: StateEvents, robot_ids: np.ndarray, start: datetime, end: datetime, bucket_s: int | None = None
-) -> np.ndarray:
-    """Seconds in state (robots, buckets, states) for ``robot_ids`` (sorted); other robots' events ignored."""
-    r, t, s = _select(events, robot_ids)
-    return seconds_in_state(r, t, s, len(robot_ids), _us(start), _us(end), bucket_s)
+def robots_with_events(conn: psycopg.Connection) -> np.ndarray:
+    """Every robot id in ``events``, sorted: one index probe per robot (a loose index scan)."""
+    rows = conn.execute(
+        "WITH RECURSIVE r AS ((SELECT robot_id FROM events ORDER BY robot_id LIMIT 1) UNION ALL "
+        "SELECT (SELECT e.robot_id FROM events e WHERE e.robot_id > r.robot_id ORDER BY e.robot_id LIMIT 1) "
+        "FROM r WHERE r.robot_id IS NOT NULL) SELECT robot_id FROM r WHERE robot_id IS NOT NULL"
+    ).fetchall()
+    return np.array([r[0] for r in rows], dtype=np.int64)
 
 
 CELLS_PER_CHUNK = 2_000_000
@@ -162,7 +192,7 @@ class Layout:
 
 
 def layout(start: datetime, end: datetime) -> Layout:
-    day0 = datetime.combine(start.astimezone(LOCAL_TZ).date(), datetime.min.time(), LOCAL_TZ)
+    day0 = local_midnight(start)
     days = [day0.date()]
     while datetime.combine(days[-1] + timedelta(days=1), datetime.min.time(), LOCAL_TZ) < end:
         days.append(days[-1] + timedelta(days=1))
@@ -177,14 +207,14 @@ def layout(start: datetime, end: datetime) -> Layout:
     )
 
 
-def _factories_by_day(conn: psycopg.Connection, ids: np.ndarray, fleet: Fleet, days: list[date]) -> np.ndarray:
-    """Factory of each robot on each day, an index into ``fleet.factory_id`` (-1: none): the
+def factories_by_day(conn: psycopg.Connection, ids: np.ndarray, factory_ids: list[str], days: list[date]) -> np.ndarray:
+    """Factory of each robot on each day, an index into ``factory_ids`` (-1: none): the
     registry assignment in effect then (metrics.state_time.group_at)."""
     rows = conn.execute(
         "SELECT robot_id, valid_from, factory_id FROM assignments WHERE robot_id = ANY(%s) ORDER BY 1, 2",
         (ids.tolist(),),
     ).fetchall()
-    index = {f: i for i, f in enumerate(fleet.factory_id)}
+    index = {f: i for i, f in enumerate(factory_ids)}
     return group_at(
         np.searchsorted(ids, np.array([r[0] for r in rows], dtype=np.int64)),
         np.array([r[1].toordinal() for r in rows], dtype=np.int64),
@@ -192,6 +222,147 @@ def _factories_by_day(conn: psycopg.Connection, ids: np.ndarray, fleet: Fleet, d
         len(ids),
         np.array([d.toordinal() for d in days], dtype=np.int64),
     )
+
+
+_BLOCK_TYPES = tuple(">i4" if c in ("failures", "repairs") else ">f8" for c in COLUMNS)
+
+
+def stored_quarters(conn: psycopg.Connection, ids: np.ndarray, edges: np.ndarray) -> Blocks:
+    """The stored 15-minute blocks of robots ``ids`` (sorted) in the buckets of ``edges``; zeros where none."""
+    query = sql.SQL(
+        "SELECT robot_id, bucket, {} FROM robot_blocks_15m "
+        "WHERE robot_id = ANY(%(ids)s::bigint[]) AND bucket >= %(s)s AND bucket < %(e)s"
+    ).format(sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))
+    rows = copy_out(
+        conn,
+        query,
+        {"ids": ids.tolist(), "s": _at_us(edges[0]), "e": _at_us(edges[-1])},
+        [("robot_id", ">i8"), ("bucket", ">i8"), *zip(COLUMNS, _BLOCK_TYPES, strict=True)],
+    )
+    r = np.searchsorted(ids, rows["robot_id"].astype(np.int64))
+    b = np.searchsorted(edges, rows["bucket"].astype(np.int64) + PG_EPOCH_US, side="right") - 1
+    cols = np.zeros((len(ids), len(edges) - 1, len(COLUMNS)))
+    for j, c in enumerate(COLUMNS):
+        cols[r, b, j] = rows[c]
+    ns = N_STATES
+    return Blocks(
+        edges,
+        cols[..., :ns].copy(),
+        cols[..., ns].copy(),
+        cols[..., ns + 1].astype(np.int64),
+        cols[..., ns + 2].astype(np.int64),
+        cols[..., ns + 3].copy(),
+    )
+
+
+def _join(a: Blocks, b: Blocks) -> Blocks:
+    """Blocks of ``a``'s buckets followed by ``b``'s (``a`` ends where ``b`` starts)."""
+
+    def cat(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.concatenate([x, y], axis=1)
+
+    return Blocks(
+        np.concatenate([a.edges[:-1], b.edges]),
+        cat(a.seconds, b.seconds),
+        cat(a.planned_s, b.planned_s),
+        cat(a.failures, b.failures),
+        cat(a.repairs, b.repairs),
+        cat(a.repair_s, b.repair_s),
+    )
+
+
+def write_blocks(
+    conn: psycopg.Connection,
+    table: str,
+    key: str,
+    robot_id: np.ndarray,
+    blocks: Blocks,
+    keys: np.ndarray,
+    factory: np.ndarray,
+    factory_ids: list[str],
+) -> int:
+    """Append ``blocks`` with covered time to ``table`` with one binary COPY; returns the rows.
+
+    ``keys``: each bucket's key as the wire carries it (timestamptz: µs, date: days since
+    2000-01-01); ``factory``: index into ``factory_ids`` per robot and bucket (-1: NULL). Rows
+    go grouped by factory, each group one fixed-width block of bytes.
+    """
+    robot, bucket = np.nonzero(blocks.covered_s > 0)
+    fac = factory[robot, bucket]
+    order = np.argsort(fac, kind="stable")
+    robot, bucket, fac = robot[order], bucket[order], fac[order]
+    cols = blocks.columns()[robot, bucket]
+    key_type = ">i8" if key == "bucket" else ">i4"
+    cuts = np.flatnonzero(np.diff(fac)) + 1
+    parts = []
+    for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(fac)].tolist(), strict=True):
+        if hi == lo:
+            continue
+        f = int(fac[lo])
+        name = factory_ids[f] if f >= 0 else None
+        columns: list[tuple[str, str, object]] = [
+            ("robot_id", ">i8", robot_id[robot[lo:hi]]),
+            (key, key_type, keys[bucket[lo:hi]]),
+            ("factory_id", "null", None) if name is None else ("factory_id", text_dtype(name), name.encode()),
+        ]
+        columns += [(c, t, cols[lo:hi, j]) for j, (c, t) in enumerate(zip(COLUMNS, _BLOCK_TYPES, strict=True))]
+        parts.append(pack(hi - lo, columns))
+    copy_in(conn, table, ["robot_id", key, "factory_id", *COLUMNS], parts)
+    return len(robot)
+
+
+def _wire_keys(lay: Layout) -> tuple[np.ndarray, np.ndarray]:
+    """The buckets' and the days' keys as binary COPY writes them."""
+    days = np.array([d.toordinal() for d in lay.day], dtype=np.int64) - date(1970, 1, 1).toordinal()
+    return lay.edges[:-1] - PG_EPOCH_US, days - PG_EPOCH_DAYS
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk's results: its robots, their blocks in every bucket of the layout, factories, events."""
+
+    ids: np.ndarray  # int64, sorted
+    quarter: Blocks
+    factory: np.ndarray  # (robots, days): index into the factory list, -1 none
+    events: StateEvents  # robot_id: index into ids
+    rows: int  # 15-minute rows written
+
+
+def store_chunk(
+    conn: psycopg.Connection,
+    ids: np.ndarray,
+    lay: Layout,
+    first: int,
+    load_from: datetime,
+    end: datetime,
+    factory_ids: list[str],
+) -> Chunk:
+    """Compute the blocks of robots ``ids`` (sorted) and append them from 15-minute bucket
+    ``first`` of ``lay`` on, and their daily blocks of every day of ``lay``.
+
+    The 15-minute blocks before bucket ``first`` are read back from the table, so each day's
+    block is the sum of all its 15-minute blocks exactly as when the whole day is computed.
+    Events are loaded from ``load_from`` (at or before ``lay.edges[first]``). The caller has
+    deleted the rows these replace.
+    """
+    ev = load_state_events(conn, ids, load_from, end)
+    ridx = np.searchsorted(ids, ev.robot_id)
+    fresh = robot_blocks(ridx, ev.ts_us, ev.state, len(ids), lay.edges[first:])
+    quarter = fresh if first == 0 else _join(stored_quarters(conn, ids, lay.edges[: first + 1]), fresh)
+    factory = factories_by_day(conn, ids, factory_ids, lay.day)
+    bucket_keys, day_keys = _wire_keys(lay)
+    rows = write_blocks(
+        conn,
+        "robot_blocks_15m",
+        "bucket",
+        ids,
+        fresh,
+        bucket_keys[first:],
+        factory[:, lay.quarter_day[first:]],
+        factory_ids,
+    )
+    write_blocks(conn, "robot_blocks_daily", "day", ids, quarter.merge(lay.day_starts), day_keys, factory, factory_ids)
+    return Chunk(ids, quarter, factory, StateEvents(ridx, ev.ts_us, ev.state), rows)
 
 
 @dataclass(frozen=True)
@@ -203,168 +374,77 @@ class PeriodTotals:
     factory_seconds: np.ndarray  # (factories, states) [s]: the same attributed to factories by day
 
 
-def store_blocks(
-    conn: psycopg.Connection, events: StateEvents, fleet: Fleet, start: datetime, end: datetime
-) -> PeriodTotals:
-    """Compute the blocks of every robot with events or in operation over the local days of
-    [start, end), replace the stored ones with them, and return the period's totals.
+class Meter:
+    """Events/s, rows and peak memory for progress lines."""
 
-    Robots go in chunks of at most :data:`CELLS_PER_CHUNK` robot-buckets. Only (robot, bucket)
-    pairs with covered time are stored: elsewhere every column is 0.
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.t0 = time.perf_counter()
+        self.events = 0
+        self.rows = 0
+
+    def line(self, what: str) -> str:
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        return (
+            f"{what}: {self.events:,} events, {self.events / dt:,.0f} events/s, "
+            f"{self.rows:,} 15-minute blocks, peak RSS {peak_rss_mb():,.0f} MB"
+        )
+
+    def add(self, chunk: Chunk) -> None:
+        self.events += len(chunk.events.ts_us)
+        self.rows += chunk.rows
+
+    def __call__(self, what: str, done: float) -> None:
+        self.progress(self.line(what), done)
+
+
+def store_blocks(
+    conn: psycopg.Connection, fleet: Fleet, start: datetime, end: datetime, verify_from: datetime, meter: Meter
+) -> tuple[PeriodTotals, np.ndarray]:
+    """Compute the blocks of every robot with events or in operation over the local days of
+    [start, end) and replace the stored ones with them; return the period's totals and, per
+    robot of ``fleet``, whether it was EXECUTING in [verify_from, end).
+
+    Robots go in chunks of at most :data:`CELLS_PER_CHUNK` robot-buckets, one load of events
+    each. Only (robot, bucket) pairs with covered time are stored: elsewhere every column is 0.
     """
     lay = layout(start, end)
-    ids = np.unique(np.concatenate([events.robot_id, fleet.robot_id]))
-    factory = _factories_by_day(conn, ids, fleet, lay.day)
-    factory_ids = [*fleet.factory_id, None]  # index -1 -> None
-    buckets = [_at_us(e) for e in lay.edges[:-1]]
+    load_from = min(_at_us(lay.edges[0]), verify_from)
+    ids = np.union1d(robots_with_events(conn), fleet.robot_id)
     robot_seconds = np.zeros((len(ids), N_STATES))
     factory_seconds = np.zeros((len(fleet.factory_id), N_STATES))
-    per_chunk = max(1, CELLS_PER_CHUNK // len(buckets))
+    worked = np.zeros(len(fleet.robot_id), dtype=bool)
+    per_chunk = max(1, CELLS_PER_CHUNK // (len(lay.edges) - 1))
     with conn.transaction():
-        conn.execute("DELETE FROM robot_blocks_15m WHERE bucket >= %s AND bucket < %s", (buckets[0], end))
+        conn.execute("DELETE FROM robot_blocks_15m WHERE bucket >= %s AND bucket < %s", (_at_us(lay.edges[0]), end))
         conn.execute("DELETE FROM robot_blocks_daily WHERE day >= %s AND day <= %s", (lay.day[0], lay.day[-1]))
         for lo in range(0, len(ids), per_chunk):
             sub = ids[lo : lo + per_chunk]
-            a = int(np.searchsorted(events.robot_id, sub[0], side="left"))
-            b = int(np.searchsorted(events.robot_id, sub[-1], side="right"))
-            part = StateEvents(events.robot_id[a:b], events.ts_us[a:b], events.state[a:b])
-            quarter = robot_blocks(*_select(part, sub), len(sub), lay.edges)
-            fac = factory[lo : lo + per_chunk]
-            _copy(conn, "robot_blocks_15m", "bucket", sub, quarter, buckets, fac[:, lay.quarter_day], factory_ids)
-            _copy(conn, "robot_blocks_daily", "day", sub, quarter.merge(lay.day_starts), lay.day, fac, factory_ids)
-            seconds = quarter.seconds[:, lay.in_period]
+            chunk = store_chunk(conn, sub, lay, 0, load_from, end, fleet.factory_id)
+            seconds = chunk.quarter.seconds[:, lay.in_period]
             robot_seconds[lo : lo + per_chunk] = seconds.sum(axis=1)
-            attributed = attribute(seconds, fac[:, lay.quarter_day[lay.in_period]], len(fleet.factory_id))
-            factory_seconds += attributed.sum(axis=1)
-    return PeriodTotals(ids, robot_seconds, factory_seconds)
-
-
-def _copy(
-    conn: psycopg.Connection,
-    table: str,
-    key: str,
-    robot_id: np.ndarray,
-    blocks: Blocks,
-    keys: list[Any],
-    factory: np.ndarray,
-    factory_ids: list[str | None],
-) -> None:
-    cols = blocks.columns()
-    robot, bucket = np.nonzero(blocks.covered_s > 0)
-    values = cols[robot, bucket].tolist()
-    fac = factory[robot, bucket].tolist()
-    n_int = COLUMNS.index("failures")  # failures, repairs: integers
-    query = sql.SQL("COPY {} ({}) FROM STDIN").format(
-        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, ("robot_id", key, "factory_id", *COLUMNS)))
-    )
-    with conn.cursor() as cur, cur.copy(query) as cp:
-        for rid, k, f, v in zip(robot_id[robot].tolist(), bucket.tolist(), fac, values, strict=True):
-            v[n_int] = int(v[n_int])
-            v[n_int + 1] = int(v[n_int + 1])
-            cp.write_row((rid, keys[k], factory_ids[f], *v))
-
-
-def compute(conn: psycopg.Connection, start: datetime, end: datetime, progress: Progress = lambda _: None) -> int:
-    """Compute and store the blocks and the densities of [start, end); returns density rows written."""
-    day0 = datetime.combine(start.astimezone(LOCAL_TZ).date(), datetime.min.time(), LOCAL_TZ)
-    verify_from = min(start, end - ACTIVE_WINDOW)
-    progress("loading registry")
-    fleet = load_fleet(conn, last_day(end))
-    progress("loading state events")
-    events = load_state_events(conn, min(day0, verify_from), end)
-    progress("computing blocks")
-    totals = store_blocks(conn, events, fleet, start, end)
-    worked = robot_seconds(events, fleet.robot_id, verify_from, end)[:, 0, EXECUTING] > 0
-    progress("computing densities")
-    rows = density_rows(fleet, totals, worked)
-    with conn.transaction():
-        conn.execute("DELETE FROM density WHERE period_start = %s AND period_end = %s", (start, end))
-        conn.cursor().executemany(
-            "INSERT INTO density (region_code, industry_code, period_start, period_end, robot_count, "
-            "employee_count, robot_density, verified_count, verified_density, reporting_count, coverage, "
-            "domestic_share, utilisation) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [
-                (
-                    r["region_code"],
-                    r["industry_code"],
-                    start,
-                    end,
-                    r["robot_count"],
-                    r["employee_count"],
-                    r["robot_density"],
-                    r["verified_count"],
-                    r["verified_density"],
-                    r["reporting_count"],
-                    r["coverage"],
-                    r["domestic_share"],
-                    r["utilisation"],
+            fac = chunk.factory[:, lay.quarter_day[lay.in_period]]
+            keep = fac >= 0
+            for s in range(N_STATES):
+                factory_seconds[:, s] += np.bincount(
+                    fac[keep], weights=seconds[..., s][keep], minlength=len(fleet.factory_id)
                 )
-                for r in rows
-            ],
-        )
-    return len(rows)
+            mine = np.flatnonzero(np.isin(fleet.robot_id, sub))
+            ev = chunk.events
+            verify = seconds_in_state(ev.robot_id, ev.ts_us, ev.state, len(sub), _us(verify_from), _us(end))
+            worked[mine] = verify[np.searchsorted(sub, fleet.robot_id[mine]), 0, EXECUTING] > 0
+            meter.add(chunk)
+            meter("blocks", min(lo + per_chunk, len(ids)) / max(len(ids), 1))
+    return PeriodTotals(ids, robot_seconds, factory_seconds), worked
 
 
-def density_rows(fleet: Fleet, totals: PeriodTotals, verified: np.ndarray) -> list[dict[str, Any]]:
-    """One row per (region at every level, industry or '*').
-
-    Robots, employees, verified and reporting robots are those of ``fleet`` (in operation on
-    the period's last day); a robot *reports* when it has covered time not OFFLINE in the
-    period. Utilisation is the blocks' sum of ``executing_s`` over their sum of covered time,
-    over the buckets of the period attributed to the region's factories.
-    """
-    n_fac = len(fleet.factory_id)
-    window = totals.robot_seconds[np.searchsorted(totals.robot_id, fleet.robot_id)]
-    reporting = window.sum(axis=1) - window[:, OFFLINE] > 0
-    by_factory = totals.factory_seconds
-    on = fleet.robot_factory >= 0
-    fac = fleet.robot_factory[on]
-
-    def per_factory(x: np.ndarray) -> np.ndarray:
-        return np.bincount(fac, weights=x[on].astype(np.float64), minlength=n_fac)
-
-    robots = per_factory(np.ones(len(fleet.robot_id)))
-    keys: dict[tuple[str, str], int] = {}
-    members: list[tuple[int, int]] = []  # (factory row, group)
-    for i, (region, industry) in enumerate(zip(fleet.region, fleet.industry, strict=False)):
-        for code in region_ancestors(region):
-            for ind in (ALL_INDUSTRIES, industry):
-                members.append((i, keys.setdefault((code, ind), len(keys))))
-    rows_f = np.array([m[0] for m in members], dtype=np.int64)
-    group = np.array([m[1] for m in members], dtype=np.int64)
-    r = rollup(
-        group,
-        len(keys),
-        robots[rows_f],
-        fleet.employees[rows_f],
-        reporting=per_factory(reporting)[rows_f],
-        domestic=per_factory(fleet.domestic)[rows_f],
-    )
-    verified_g = rollup(group, len(keys), per_factory(verified)[rows_f], fleet.employees[rows_f])
-    group_seconds = np.stack(
-        [np.bincount(group, weights=by_factory[rows_f, j], minlength=len(keys)) for j in range(by_factory.shape[1])],
-        axis=-1,
-    )
-    util = utilisation(group_seconds)
-    out = []
-    for (code, ind), g in keys.items():
-        out.append(
-            {
-                "region_code": code,
-                "industry_code": ind,
-                "robot_count": int(r["robot_count"][g]),
-                "employee_count": int(r["employee_count"][g]),
-                "robot_density": _num(r["robot_density"][g]),
-                "verified_count": int(verified_g["robot_count"][g]),
-                "verified_density": _num(verified_g["robot_density"][g]),
-                "reporting_count": int(r["reporting_count"][g]),
-                "coverage": _num(r["coverage"][g]),
-                "domestic_share": _num(r["domestic_share"][g]),
-                "utilisation": _num(util[g]),
-            }
-        )
-    return out
-
-
-def _num(x: float) -> float | None:
-    return None if np.isnan(x) else float(x)
+def compute(conn: psycopg.Connection, start: datetime, end: datetime, progress: Progress = _quiet) -> int:
+    """Compute and store the blocks and the densities of [start, end); returns density rows written."""
+    meter = Meter(progress)
+    meter("loading registry", 0.0)
+    fleet = load_fleet(conn, last_day(end))
+    totals, worked = store_blocks(conn, fleet, start, end, min(start, end - ACTIVE_WINDOW), meter)
+    meter("computing densities", 1.0)
+    n = density_job.store(conn, start, end, fleet, totals, worked)
+    meter("done", 1.0)
+    return n

@@ -1,4 +1,9 @@
-"""Density reports read from the ``v_density`` view: as a table, CSV or JSON."""
+"""Density reports read from the density views: as a table, CSV or JSON.
+
+Every row names its definition, its denominator's source and vintage, and its coverage
+(docs/definitions.md). The default definition, ``participating``, is read from ``v_density``
+(the dashboards' view); any other from ``v_density_defined``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from rich.table import Table
 
@@ -24,32 +30,60 @@ COLUMNS = (
     ("coverage", "Coverage"),
     ("utilisation", "Utilisation"),
 )
+OFFICIAL_COLUMNS = (("participating_density", "Participating /10k"), ("employment_coverage", "Empl. coverage"))
+DEFAULT_DEFINITION = "participating"
+LABELS = (
+    "definition",
+    "denominator_source",
+    "vintage",
+    "denominator_year",
+    "employment_coverage",
+    "participating_density",
+    "target_definition",
+)
+"""What each row says of its own figures, beside ``COLUMNS``, in CSV and JSON."""
+
+
+def _view(definition: str) -> str:
+    return "v_density" if definition == DEFAULT_DEFINITION else "v_density_defined"
 
 
 def density_report(
-    conn: psycopg.Connection, region: str, at: datetime | None = None, industry: str = "*"
+    conn: psycopg.Connection,
+    region: str,
+    at: datetime | None = None,
+    industry: str = "*",
+    definition: str = DEFAULT_DEFINITION,
 ) -> list[dict[str, Any]]:
-    """The region and its direct children for the latest period ending at or before ``at``."""
+    """The region and its direct children in ``definition`` for the latest period ending at or before ``at``."""
     with conn.cursor(row_factory=dict_row) as cur:
         period = cur.execute(
             "SELECT period_start, period_end FROM density WHERE region_code = %s AND industry_code = %s "
-            "AND (%s::timestamptz IS NULL OR period_end <= %s) ORDER BY period_end DESC, period_start LIMIT 1",
-            (region, industry, at, at),
+            "AND definition = %s AND (%s::timestamptz IS NULL OR period_end <= %s) "
+            "ORDER BY period_end DESC, period_start LIMIT 1",
+            (region, industry, definition, at, at),
         ).fetchone()
         if period is None:
             return []
-        return cur.execute(
-            "SELECT * FROM v_density WHERE (region_code = %(r)s OR parent_code = %(r)s) "
+        query = sql.SQL(
+            "SELECT * FROM {} WHERE (region_code = %(r)s OR parent_code = %(r)s) AND definition = %(d)s "
             "AND industry_code = %(i)s AND period_start = %(s)s AND period_end = %(e)s "
-            "ORDER BY level DESC, region_code",
-            {"r": region, "i": industry, "s": period["period_start"], "e": period["period_end"]},
-        ).fetchall()
+            "ORDER BY level DESC, region_code"
+        ).format(sql.Identifier(_view(definition)))
+        args = {"r": region, "i": industry, "d": definition, "s": period["period_start"], "e": period["period_end"]}
+        return cur.execute(query, args).fetchall()
+
+
+def defined_title(rows: list[dict[str, Any]], region: str) -> str:
+    """The table's title: the region, the definition, the denominator's source and vintage."""
+    r = rows[0]
+    return f"Robot density, region {region}: {r['definition']} (denominator: {r['denominator_source']}, {r['vintage']})"
 
 
 def _cell(key: str, value: Any) -> str:
     if value is None:
         return "n/a"
-    if key in ("coverage", "utilisation", "domestic_share"):
+    if key in ("coverage", "utilisation", "domestic_share", "employment_coverage"):
         return f"{100 * value:.1f}%"
     if isinstance(value, float):
         return f"{value:.1f}"
@@ -57,16 +91,20 @@ def _cell(key: str, value: Any) -> str:
 
 
 def as_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """Rows as a rich table; an official-denominator definition's rows show the participating
+    factories' density of the same numerator and the employment coverage beside their own."""
     table = Table(title=title)
-    for key, label in COLUMNS:
+    official = any(r.get("denominator") == "official" for r in rows)
+    columns = COLUMNS + (OFFICIAL_COLUMNS if official else ())
+    for key, label in columns:
         table.add_column(label, justify="left" if key.startswith("region") else "right")
     for row in rows:
-        table.add_row(*(_cell(k, row.get(k)) for k, _ in COLUMNS), style="bold" if row["level"] == 1 else None)
+        table.add_row(*(_cell(k, row.get(k)) for k, _ in columns), style="bold" if row["level"] == 1 else None)
     return table
 
 
 def as_text(rows: list[dict[str, Any]], fmt: Format) -> str:
-    keys = [k for k, _ in COLUMNS] + ["industry_code", "period_start", "period_end"]
+    keys = [k for k, _ in COLUMNS] + ["industry_code", "period_start", "period_end", *LABELS]
     plain = [{k: (r[k].isoformat() if isinstance(r.get(k), datetime) else r.get(k)) for k in keys} for r in rows]
     if fmt == "json":
         return json.dumps(plain, ensure_ascii=False, indent=2)

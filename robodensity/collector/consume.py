@@ -44,7 +44,7 @@ import psycopg
 from robodensity.collector.lanes import FairQueue
 from robodensity.collector.validate import Incoming
 from robodensity.collector.write import Committed, Prepared, Writer, ack_payloads
-from robodensity.core import wire
+from robodensity.core import clock, wire
 from robodensity.core.errors import DatabaseError
 from robodensity.core.mqtt import connect as mqtt_connect
 from robodensity.core.mqtt import make_client
@@ -377,7 +377,7 @@ class Collector:
             if mid and msg_session == session:
                 self.client.ack(mid, 1)
         for factory, agent, ranges, through in ack_payloads(committed):
-            payload = wire.encode_ack(wire.Ack(agent, ranges, through))
+            payload = wire.encode_ack(wire.Ack(agent, ranges, through, clock.now()))  # now: agents check clocks
             self.client.publish(wire.ack_topic(factory, agent), payload, qos=1)
         s = self.stats
         s.messages += len(committed.mids)

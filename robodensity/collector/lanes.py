@@ -3,8 +3,9 @@
 A flush is filled round-robin, one message per agent in turn, so an agent with a backlog
 (a flood, or a week of catching up after an outage) gets its share of every flush and no
 more while others wait: their messages go into the very next flush, not behind the flood.
-``cap_bytes`` bounds what one agent may put into one flush while others have messages
-waiting; alone, an agent may fill the flush (nobody waits for it).
+``cap_bytes`` bounds what one agent may put into one flush while agents below their cap have
+messages waiting; once every agent left has had its share (or one is alone), the flush is
+filled round-robin without a cap (nobody waits for it).
 
 Order within an agent is kept (its messages leave in arrival order). The total held is
 bounded by the broker's receive maximum: every message here is still unacknowledged.
@@ -44,7 +45,8 @@ class FairQueue:
 
     def take(self, budget_bytes: int, cap_bytes: int) -> list[Incoming]:
         """Up to ``budget_bytes`` of messages (at least one), one per agent in turn; an agent gets
-        no more than ``cap_bytes`` while another still has messages. Agents served go to the back."""
+        no more than ``cap_bytes`` while an agent below it still has messages. Agents served go to
+        the back of the turn order."""
         out: list[Incoming] = []
         size = 0
         took: dict[str, int] = {}
@@ -65,7 +67,7 @@ class FairQueue:
                 if size >= budget_bytes:
                     break
             if not progress:
-                break  # every agent left has used its share
+                cap_bytes = budget_bytes  # every agent left has had its share: round-robin on, uncapped
         for topic in took:  # served this time: the others first next time
             if topic in self._agents:
                 self._agents.move_to_end(topic)

@@ -29,6 +29,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from robodensity.collector.clocks import record_agent_clocks
 from robodensity.collector.ranges import Row, Settled, multirange_text, same_event, split
 from robodensity.collector.validate import Incoming, Rejected, validate_rows
 from robodensity.core import clock
@@ -50,6 +51,7 @@ EVENT_COLUMNS = (
     "alarm_text",
     "alarm_active",
     "quality",
+    "clock_offset_s",
 )
 _COLS = ", ".join(EVENT_COLUMNS)
 _COMPARED = EVENT_COLUMNS[2:]
@@ -67,6 +69,7 @@ COPY_TYPES = [
     "text",
     "bool",
     "text",
+    "float8",
 ]
 COPY_EVENTS = f"COPY events ({_COLS}) FROM STDIN (FORMAT BINARY)"
 # Sorted, so two collectors lock agents' rows in one order; ON CONFLICT DO UPDATE locks the row
@@ -303,6 +306,7 @@ class Writer:
                 if r.agent and r.seq is not None:
                     out.seqs.setdefault((r.factory or "", r.agent), []).append(r.seq)
             parts = split(rows, self._lock(cur, out.seqs, now))
+            record_agent_clocks(cur, prepared.messages, now)  # issue 15: the agents' clock offsets
             duplicates, conflicts = self._compare(cur, parts.repeats)
             out.duplicates = parts.duplicates + duplicates
             out.conflicts = self._conflicts(cur, parts.conflicts + conflicts)
@@ -366,7 +370,7 @@ class Writer:
                         )
                     )
                     continue
-                append((agent, seq, robot_id, factory, ts, r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11]))
+                append((agent, seq, robot_id, factory, ts, r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12]))
         return rows
 
     @staticmethod

@@ -383,6 +383,9 @@ class EdgeSettings(_Section):
     ack_timeout_s: float = Field(15.0, gt=0)
     max_inflight_batches: int = Field(32, ge=1, le=10_000)
     health_port: int | None = Field(None, ge=1, le=65535)
+    clock_threshold_s: float = Field(2.0, ge=0.5, le=300)
+    """A robot whose clock is estimated this far off the edge's gets its timestamps corrected and
+    flagged (docs/clocks-and-shifts.md): above sources' delivery delay, far below a state's length."""
     opcua: tuple[OpcUaSourceSettings, ...] = ()
     mqtt_json: tuple[MqttJsonSourceSettings, ...] = ()
     sparkplug: tuple[SparkplugSourceSettings, ...] = ()

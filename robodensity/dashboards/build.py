@@ -8,6 +8,7 @@ Layout written by ``write_dashboards(out)``::
     out/operators/robodensity-fleet.json
     out/provisioning/datasources/robodensity.yaml  copy into Grafana's provisioning folder
     out/provisioning/dashboards/robodensity.yaml   (deploy/grafana/provisioning holds the same)
+    out/provisioning/alerting/robodensity.yaml     the alert rules (dashboards/alerts.py)
 
 Mount ``out`` at ``DASHBOARDS_ROOT`` in the Grafana container.
 """
@@ -23,6 +24,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
 from robodensity.core.errors import ConfigError
 from robodensity.dashboards import drilldown, factory, fleet, province
+from robodensity.dashboards.alerts import alert_rules_yaml
 from robodensity.dashboards.provision import FOLDERS, Folder, dashboards_yaml, datasource_yaml
 
 DASHBOARD_MODULES: tuple[ModuleType, ...] = (province, drilldown, factory, fleet)
@@ -76,6 +78,7 @@ def write_dashboards(out: Path) -> list[Path]:
     for rel, text in (
         ("provisioning/datasources/robodensity.yaml", datasource_yaml()),
         ("provisioning/dashboards/robodensity.yaml", dashboards_yaml()),
+        ("provisioning/alerting/robodensity.yaml", alert_rules_yaml()),
     ):
         path = out / rel
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,10 @@ writes; none is computed here. ``render_html`` turns that into one self-containe
 charts; ``write_bulletin`` writes it and, when headless Chromium is installed, a PDF.
 
 Every figure in the page carries ``data-key``/``data-region`` attributes so a test can read
-them back and compare them with the database.
+them back and compare them with the database. Next to every figure the page states, in Chinese
+and English, its definition, its denominator's source and vintage, and its coverage
+(docs/definitions.md); a target names the definition it is measured in, and its progress is
+that definition's density over it.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ class BulletinData:
     days_in_month: int
     gaps: list[tuple[str, str]] = field(default_factory=list)
     """(Chinese, English) notes on missing or partial data."""
+    defined: list[dict[str, Any]] = field(default_factory=list)
+    """The month's rows of the other definitions (v_density_defined), region and sub-regions, '*'."""
 
 
 def month_period(month: str) -> tuple[date, date]:
@@ -73,14 +78,17 @@ def month_period(month: str) -> tuple[date, date]:
     return first, nxt
 
 
-def _rows(conn: psycopg.Connection, region: str, start: date, end: date) -> list[dict[str, Any]]:
+def _rows(
+    conn: psycopg.Connection, region: str, start: date, end: date, view: str = "v_density"
+) -> list[dict[str, Any]]:
+    other = "AND definition <> 'participating' " if view == "v_density_defined" else ""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
-            "SELECT * FROM v_density "
-            "WHERE (region_code = %(r)s OR parent_code = %(r)s) AND industry_code = '*' "
+            f"SELECT * FROM {view} "  # one of the two view names of this module
+            f"WHERE (region_code = %(r)s OR parent_code = %(r)s) AND industry_code = '*' {other}"
             "AND period_start = (%(s)s::timestamp AT TIME ZONE %(tz)s) "
             "AND period_end = (%(e)s::timestamp AT TIME ZONE %(tz)s) "
-            "ORDER BY level, region_code",
+            "ORDER BY level, region_code, definition",
             {
                 "r": region,
                 "s": datetime.combine(start, time()),
@@ -126,6 +134,7 @@ def bulletin_data(conn: psycopg.Connection, region: str, month: str) -> Bulletin
         int(days["n"] if days else 0),
         (nxt - first).days,
     )
+    data.defined = _rows(conn, region, first, nxt, "v_density_defined")
     data.gaps = _gaps(data)
     return data
 
@@ -159,7 +168,27 @@ def _gaps(d: BulletinData) -> list[tuple[str, str]]:
         notes.append(("上月密度未计算，无法列出变化。", "The previous month was not computed: no movers."))
     if d.region["target"] is None:
         notes.append(("未找到适用的密度目标。", "No applicable density target was found."))
+    elif d.region["target_definition"] != d.region["definition"]:
+        t = d.region["target_definition"]
+        notes.append(
+            (
+                f"目标按“{t}”口径设定，与参与企业密度口径不同；目标完成度按该口径的密度计算（若已导入官方统计）。",
+                f"The target is measured in definition {t}, not in that of the participating-factories density; "
+                "progress is that definition's density over the target (when official statistics are imported).",
+            )
+        )
     return notes
+
+
+def definition_note(r: dict[str, Any]) -> str:
+    """What a figure is, in Chinese and English: definition, denominator source and vintage, coverage."""
+    cov = f"覆盖率 coverage {_pct(r.get('coverage'))}"
+    if r.get("employment_coverage") is not None and r["definition"] != "participating":
+        cov += f" · 就业覆盖率 employment coverage {_pct(r['employment_coverage'])}"
+    year = r.get("denominator_year")
+    vintage = r["vintage"] + ("" if year is None else f", {year}")
+    text = f"口径 definition: {r['definition']} · 分母 denominator: {r['denominator_source']}, {vintage} · {cov}"
+    return f'<small class="def" data-definition="{html.escape(r["definition"])}">{html.escape(text)}</small>'
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -242,6 +271,7 @@ th { background: #eef2f8; font-weight: 600; font-size: 9.5pt; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .up { color: #1e8449; } .down { color: #c0392b; }
 ul.gaps li { margin-bottom: 1mm; }
+small.def { display: block; color: #666; font-size: 7.5pt; margin-top: 0.5mm; }
 footer { margin-top: 6mm; color: #666; font-size: 8.5pt; border-top: 1px solid #ccd; padding-top: 2mm; }
 """
 
@@ -251,7 +281,20 @@ def render_html(d: BulletinData, generated: datetime | None = None) -> str:
     code = r["region_code"]
     month_zh = f"{d.month.year}年{d.month.month}月"
     month_en = d.month.strftime("%B %Y")
-    progress = r["robot_density"] / r["target"] if r["robot_density"] is not None and r["target"] else None
+    same = next((x for x in d.defined if x["region_code"] == code and x["definition"] == r["target_definition"]), r)
+    progress = same["robot_density"] / r["target"] if same["robot_density"] is not None and r["target"] else None
+    target_def = html.escape(str(r["target_definition"]))
+    notes = {
+        "robot_density": definition_note(r),
+        "verified_density": definition_note(r),
+        "target": f'<small class="def" data-definition="{target_def}">目标口径 target in: {target_def}</small>',
+        "target_progress": definition_note(same)
+        + (
+            ""
+            if same["definition"] == r["target_definition"]
+            else '<small class="def">口径不同 definitions differ</small>'
+        ),
+    }
     kpis = [
         ("robot_density", "机器人密度 Robot density", _num(r["robot_density"]), r["robot_density"]),
         (
@@ -270,8 +313,28 @@ def render_html(d: BulletinData, generated: datetime | None = None) -> str:
     ]
     kpi_html = "".join(
         f'<div class="kpi">{html.escape(label)}<b data-key="{key}" data-region="{code}" '
-        f'data-value="{"" if v is None else v!r}">{html.escape(text)}</b></div>'
+        f'data-value="{"" if v is None else v!r}">{html.escape(text)}</b>{notes.get(key, "")}</div>'
         for key, label, text, v in kpis
+    )
+    defined_rows = "".join(
+        "<tr>"
+        f"<td>{html.escape(x['region_name'])} {html.escape(x['region_name_en'])}</td>"
+        f"<td>{html.escape(x['definition_title_zh'])}<br>{html.escape(x['definition_title'])}</td>"
+        + _cell(f"density_{x['definition']}", x["region_code"], x["robot_density"], _num(x["robot_density"]))
+        + _cell(
+            f"participating_{x['definition']}",
+            x["region_code"],
+            x["participating_density"],
+            _num(x["participating_density"]),
+        )
+        + _cell(
+            f"employment_coverage_{x['definition']}",
+            x["region_code"],
+            x["employment_coverage"],
+            _pct(x["employment_coverage"]),
+        )
+        + f"<td>{definition_note(x)}</td></tr>"
+        for x in d.defined
     )
     cities = d.children
     city_rows = "".join(
@@ -341,14 +404,19 @@ def render_html(d: BulletinData, generated: datetime | None = None) -> str:
 {density_chart}
 <table><thead><tr><th>城市 City</th><th>机器人 Robots</th><th>从业人员 Employees</th>
 <th>密度 Density</th><th>核验密度 Verified</th><th>覆盖率 Coverage</th><th>利用率 Utilisation</th>
-<th>国产占比 Domestic</th></tr></thead><tbody>{city_rows}</tbody></table></section>
+<th>国产占比 Domestic</th></tr></thead><tbody>{city_rows}</tbody></table>{definition_note(r)}</section>
+<section><h2>其他口径 Other definitions (official employment statistics)</h2>
+<table><thead><tr><th>地区 Region</th><th>口径 Definition</th><th>密度 Density</th>
+<th>参与企业密度 Participating</th><th>就业覆盖率 Employment coverage</th><th>来源 Source</th></tr></thead>
+<tbody>{defined_rows or '<tr><td colspan="6">未导入官方统计 No official statistics imported.</td></tr>'}</tbody>
+</table></section>
 <section><h2>变化 Movers (vs. previous month)</h2>
 <table><thead><tr><th>地区 Region</th><th>上月 Previous</th><th>本月 This month</th><th>变化 Change</th></tr></thead>
 <tbody>{mover_rows}</tbody></table></section>
 <section><h2>利用率 Utilisation by city</h2>{util_chart}</section>
 <section><h2>分行业 By industry</h2>
 <table><thead><tr><th>行业 Industry</th><th>密度 Density</th><th>机器人 Robots</th><th>利用率 Utilisation</th></tr>
-</thead><tbody>{industry_rows}</tbody></table></section>
+</thead><tbody>{industry_rows}</tbody></table>{definition_note(r)}</section>
 <section><h2>数据缺口 Data gaps</h2><ul class="gaps">{gaps}</ul></section>
 <footer>密度 = 在用登记机器人数 / 制造业从业人员数 × 10,000；核验密度只计本月有实际运行记录的机器人；
 覆盖率 = 上报数据的登记机器人占比；利用率 = 运行时间之和 / 有数据的日历时间之和。<br>

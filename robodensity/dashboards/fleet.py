@@ -5,6 +5,10 @@ An agent is *online* when the collector committed something from it in the last
 contiguous acknowledged run (``acked_through``): events held back by a gap that a
 re-send has not filled yet. The age of the last acknowledgement is ``now() - last_seen``
 (the collector raises ``acked_through`` and ``last_seen`` in the same commit).
+
+Clocks (docs/clocks-and-shifts.md): a robot whose controller clock is off has its timestamps
+corrected at the edge, each such event keeping the offset; an agent reports its own clock
+against the collector's. ``clock_ahead_s`` is how far a clock runs ahead (negative: behind).
 """
 
 from __future__ import annotations
@@ -64,6 +68,24 @@ UNREGISTERED = """\
     WHERE NOT r.registered
     ORDER BY r.first_seen DESC NULLS LAST, r.manufacturer, r.serial"""
 
+ROBOT_CLOCKS = """\
+    SELECT c.manufacturer, c.serial, c.factory_id, c.agent_id,
+           -(array_agg(c.clock_offset_s ORDER BY c.ts DESC))[1] AS clock_ahead_s,
+           count(*) AS corrected_events, max(c.ts) AS last_corrected_at
+    FROM v_clock_corrections c
+    WHERE $__timeFilter(c.ts)
+    GROUP BY c.manufacturer, c.serial, c.factory_id, c.agent_id
+    ORDER BY abs(-(array_agg(c.clock_offset_s ORDER BY c.ts DESC))[1]) DESC, c.manufacturer, c.serial"""
+
+ROBOT_CLOCK_COUNT = """\
+    SELECT count(DISTINCT robot_id) AS clock_corrected_robots FROM v_clock_corrections WHERE $__timeFilter(ts)"""
+
+AGENT_CLOCKS = """\
+    SELECT agent_id, factory_id, -clock_offset_s AS clock_ahead_s, clock_offset_at AS measured_at
+    FROM v_agent_clocks
+    WHERE clock_offset_s IS NOT NULL
+    ORDER BY abs(clock_offset_s) DESC, agent_id"""
+
 UNREGISTERED_COUNT = """\
     SELECT count(*) AS unregistered_robots FROM v_robot_current WHERE NOT registered"""
 
@@ -117,6 +139,21 @@ def build() -> model.Dashboard:
     d = d.with_panel(p.stat_panel("Dead letters in range 死信数", DEAD_LETTER_COUNT, w=6))
     d = d.with_panel(p.ts_panel("Dead letters by reason 死信原因", DEAD_LETTERS_OVER_TIME, w=18, bars=True, stack=True))
     d = d.with_panel(p.table_panel("Dead letters by reason and field 死信明细", DEAD_LETTERS_BY_REASON))
+    d = d.with_row(p.row("Clocks 时钟"))
+    d = d.with_panel(
+        p.stat_panel(
+            "Robots with a corrected clock 时钟已校正机器人",
+            ROBOT_CLOCK_COUNT,
+            w=6,
+            description="Controllers whose clock is off: their timestamps were corrected at the edge, never refused.",
+        )
+    )
+    d = d.with_panel(
+        p.table_panel("Robot clocks corrected at the edge 机器人时钟偏差", ROBOT_CLOCKS, units={"clock_ahead_s": "s"})
+    )
+    d = d.with_panel(
+        p.table_panel("Agent clocks against the collector 代理时钟偏差", AGENT_CLOCKS, units={"clock_ahead_s": "s"})
+    )
     d = d.with_row(p.row("Unregistered robots 未登记机器人"))
     d = d.with_panel(p.table_panel("Robots seen in telemetry, not in the registry 未登记机器人明细", UNREGISTERED))
     return d.build()

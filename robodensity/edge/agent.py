@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
 
-from robodensity.core import wire
+from robodensity.core import clock, wire
 from robodensity.core.errors import ConfigError, SourceError
 from robodensity.core.settings import Settings
+from robodensity.edge.clock_truth import AgentClock, ClockTruth
 from robodensity.edge.health import serve
 from robodensity.edge.outbox import Outbox
 from robodensity.edge.uplink import Uplink
@@ -60,11 +61,28 @@ def build_sources(settings: Settings) -> list[Source]:
     if settings.edge.mqtt_json:
         from robodensity.edge.sources.mqtt_json import MqttJsonSource
 
-        sources += [MqttJsonSource(s) for s in settings.edge.mqtt_json]
+        last = settings.edge.outbox_path.with_name("last-readings.sqlite")  # no repeats across restarts
+        sources += [MqttJsonSource(s, last_readings_path=last) for s in settings.edge.mqtt_json]
     if settings.edge.sparkplug:
         from robodensity.edge.sources.sparkplug import SparkplugSource
 
         sources += [SparkplugSource(s) for s in settings.edge.sparkplug]
+    if settings.edge.modbus:
+        from robodensity.edge.sources.modbus.source import ModbusSource
+
+        sources += [ModbusSource(s) for s in settings.edge.modbus]
+    if settings.edge.hses:
+        from robodensity.edge.sources.hses import HsesSource
+
+        sources += [HsesSource(s) for s in settings.edge.hses]
+    if settings.edge.rws:
+        from robodensity.edge.sources.rws import RwsSource
+
+        sources += [RwsSource(s) for s in settings.edge.rws]
+    if settings.edge.urdash:
+        from robodensity.edge.sources.urdash import UrDashSource
+
+        sources += [UrDashSource(s) for s in settings.edge.urdash]
     return sources
 
 
@@ -98,6 +116,8 @@ class EdgeAgent:
         self._acks: asyncio.Queue[wire.Ack] = asyncio.Queue()
         self._inflight: dict[int, tuple[float, set[int]]] = {}  # first seq -> (sent, unacked seqs)
         self.uplink: Uplink | None = None
+        self.clock_truth = ClockTruth(self.cfg.clock_threshold_s)  # controllers' clocks (issue 15)
+        self.agent_clock = AgentClock(self.cfg.clock_threshold_s)  # this agent's against the collector's
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; what is stored stays stored for the next run.
@@ -152,6 +172,9 @@ class EdgeAgent:
             "outbox_bytes": size,
             "outbox_dropped_counters_total": self.outbox.dropped_counters,
             "last_ack_timestamp_seconds": s.last_ack_at or 0.0,
+            "clock_offset_seconds": self.agent_clock.offset_s or 0.0,
+            "clock_corrected_robots": self.clock_truth.corrected_robots,
+            "clock_corrected_readings_total": self.clock_truth.corrected_readings,
         }
 
     def _outbox_gauges(self) -> tuple[int, float, int]:
@@ -167,7 +190,7 @@ class EdgeAgent:
                     backoff = 1.0
                     async for reading in source:
                         self.stats.readings += 1
-                        await self._queue.put((index, reading))
+                        await self._queue.put((index, self.clock_truth.observe(reading, clock.now())))
             except SourceError as exc:
                 log.error("source failed: %s; retrying in %.0f s", exc, backoff)
             except ConfigError as exc:
@@ -212,7 +235,7 @@ class EdgeAgent:
             if not rows:
                 await asyncio.sleep(linger or 0.05)
                 continue
-            payload = wire.splice_batch(self.cfg.agent_id, self.cfg.factory_id, rows)
+            payload = wire.splice_batch(self.cfg.agent_id, self.cfg.factory_id, rows, self.agent_clock.to_report())
             try:
                 self.uplink.publish(payload)
             except Exception as exc:
@@ -244,10 +267,12 @@ class EdgeAgent:
                 deleted = await asyncio.to_thread(self.outbox.acknowledge, ack.ranges)
             self.stats.acked_events += deleted
             self.stats.last_ack_at = time.time()
-            for first, (_, pending) in list(self._inflight.items()):
+            for first, (sent, pending) in list(self._inflight.items()):
                 pending -= {s for s in pending if any(lo <= s <= hi for lo, hi in ack.ranges)}
                 if not pending:
                     del self._inflight[first]
+                    if ack.now is not None:
+                        self.agent_clock.sample(ack.now, sent, time.monotonic(), clock.now())
             self._acked.set()
 
     def _on_refused(self, _mid: int) -> None:

@@ -28,6 +28,9 @@ HELP = {
     "outbox_bytes": "Disk used by the outbox.",
     "outbox_dropped_counters_total": "Counter events dropped because the outbox was full.",
     "last_ack_timestamp_seconds": "When the last acknowledgement arrived (Unix time).",
+    "clock_offset_seconds": "This agent's clock against the collector's (collector - agent), from the acks.",
+    "clock_corrected_robots": "Robots whose controller clock is off, their timestamps corrected and flagged.",
+    "clock_corrected_readings_total": "Readings whose timestamp was corrected for a controller clock that is off.",
 }
 
 

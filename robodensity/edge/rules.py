@@ -43,7 +43,9 @@ def signal_names(rules: Sequence[StateRuleSettings]) -> set[str]:
     return {name for rule in rules for name in rule.when}
 
 
-def evaluate(signals: Mapping[str, object], rules: Sequence[StateRuleSettings], default: State) -> tuple[State, Quality]:
+def evaluate(
+    signals: Mapping[str, object], rules: Sequence[StateRuleSettings], default: State
+) -> tuple[State, Quality]:
     """(state, quality) of one robot. OFFLINE (BAD) when no signal of the table is known;
     UNCERTAIN when some are unknown; the first matching rule's state, else ``default``."""
     names = signal_names(rules)
@@ -62,7 +64,7 @@ def precedence_problems(rules: Sequence[StateRuleSettings], default: State) -> l
     out: list[tuple[int | None, str]] = []
     for i, (before, rule) in enumerate(zip(rules, rules[1:]), start=1):
         if RANK[rule.state] < RANK[before.state]:
-            out.append((i, f"{rule.state} after a {before.state} rule: FAULT rules come first, then OUT_OF_SERVICE"))
+            out.append((i, f"{rule.state} after a rule for {before.state}: FAULT rules come first, then OUT_OF_SERVICE"))
     if default not in (State.IDLE, State.OUT_OF_SERVICE):
         out.append((None, f"default {default} overstates: use IDLE (or OUT_OF_SERVICE)"))
     return out

@@ -8,6 +8,7 @@ employees) is NaN, never ``inf``.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -137,3 +138,92 @@ def region_ancestors(code: str) -> list[str]:
     if code[2:] != "0000":
         out.append(code[:2] + "0000")
     return out
+
+
+def spread(item_factory: object, member_factory: object, member_group: object) -> tuple[np.ndarray, np.ndarray]:
+    """Each item (a robot standing in a factory) once for every group its factory belongs to.
+
+    Parameters
+    ----------
+    item_factory : array_like of int
+        Factory of each item [index].
+    member_factory, member_group : array_like of int
+        Memberships: factory ``member_factory[k]`` belongs to group ``member_group[k]``.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray) of int64
+        Item index and group of every (item, group) membership, items in order.
+
+    Examples
+    --------
+    >>> spread([0, 1, 0], [0, 0, 1], [5, 7, 7])
+    (array([0, 0, 1, 2, 2]), array([5, 7, 7, 5, 7]))
+    """
+    f = np.asarray(item_factory, dtype=np.int64).ravel()
+    order = np.argsort(np.asarray(member_factory, dtype=np.int64), kind="stable")
+    mf = np.asarray(member_factory, dtype=np.int64)[order]
+    mg = np.asarray(member_group, dtype=np.int64)[order]
+    lo = np.searchsorted(mf, f, side="left")
+    n = np.searchsorted(mf, f, side="right") - lo
+    item = np.repeat(np.arange(len(f), dtype=np.int64), n)
+    offset = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
+    return item, mg[np.repeat(lo, n) + offset]
+
+
+def defined_rollup(
+    item_group: object,
+    item_robot: object,
+    weight: object,
+    flags: dict[str, object],
+    n_groups: int,
+    denominator: object,
+) -> dict[str, np.ndarray]:
+    """Numerators of a density definition summed into groups, over a denominator per group.
+
+    Parameters
+    ----------
+    item_group : array_like of int
+        Group of each counted item (a robot in a factory of the group; :func:`spread`).
+    item_robot : array_like of int
+        The robot of each item: a robot counted in a group through two factories (it moved)
+        is one robot of ``robot_count``.
+    weight : array_like of float
+        What each item counts [robots]: 1, or the days it stood there / the period's days.
+    flags : dict of str to array_like of bool
+        Per item, e.g. ``reporting``, ``verified``, ``domestic``: each gives ``<name>_weight``,
+        the summed weight of the flagged items [robots].
+    n_groups : int
+        Number of groups.
+    denominator : array_like of float
+        Employees of each group in the definition's scope [persons].
+
+    Returns
+    -------
+    dict of str to numpy.ndarray, each of shape (n_groups,)
+        ``robot_weight`` [robots] (sum of weights), ``robot_count`` (distinct robots),
+        ``<flag>_weight`` and ``<flag>_count``, ``robot_density`` = robot_weight / denominator
+        [robots per 10^4 employees] (NaN where no employees).
+    """
+    g = np.asarray(item_group, dtype=np.int64).ravel()
+    robot = np.asarray(item_robot, dtype=np.int64).ravel()
+    w = np.asarray(weight, dtype=np.float64).ravel()
+
+    def counts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        summed = np.bincount(g[mask], weights=w[mask], minlength=n_groups)
+        pairs = np.unique(np.stack([g[mask], robot[mask]]), axis=1) if mask.any() else np.zeros((2, 0), np.int64)
+        return summed, np.bincount(pairs[0], minlength=n_groups).astype(np.float64)
+
+    out: dict[str, np.ndarray] = {}
+    out["robot_weight"], out["robot_count"] = counts(np.ones(len(g), dtype=bool))
+    for name, flag in flags.items():
+        out[f"{name}_weight"], out[f"{name}_count"] = counts(np.asarray(flag, dtype=bool).ravel())
+    out["robot_density"] = robot_density(out["robot_weight"], denominator)
+    return out
+
+
+def industry_in(code: str, listed: Iterable[str]) -> bool:
+    """Whether GB/T 4754 ``code`` is one of ``listed`` or under one of them (``3611`` under ``36``).
+    A section letter is ignored: ``C36`` and ``36`` name the same division."""
+    bare = code.lstrip("ABCDEFGHIJKLMNOPQRST")
+    return any(bare.startswith(c.lstrip("ABCDEFGHIJKLMNOPQRST")) for c in listed)

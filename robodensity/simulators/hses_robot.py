@@ -84,7 +84,7 @@ class HsesRobot(asyncio.DatagramProtocol):
         self.delay_s = 0.0
         self.times = dict.fromkeys(("power", "servo", "play", "motion", "operation"), 0.0)
         self._since: datetime | None = None
-        self._held: tuple[bytes, object] | None = None
+        self._held: tuple[bytes, tuple[str, int]] | None = None
         self._rng = random.Random(seed)
         self._transport: asyncio.DatagramTransport | None = None
 
@@ -148,7 +148,7 @@ class HsesRobot(asyncio.DatagramProtocol):
         else:
             self._send(reply, addr)
 
-    def _send(self, reply: bytes, addr: object) -> None:
+    def _send(self, reply: bytes, addr: tuple[str, int]) -> None:
         if self._transport is None:
             return
         if self.reorder:

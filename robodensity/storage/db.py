@@ -77,18 +77,16 @@ def migrate(url: str, schema: str = DEFAULT_SCHEMA) -> list[Migration]:
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
         for m in migrations():
-            with conn.transaction():
-                # One migrator at a time per schema: two collectors starting together stay safe.
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (schema,))
-                done = conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (m.version,))
-                if done.fetchone():
-                    continue
+            # A TimescaleDB policy job locks a hypertable's chunks before the hypertable, DDL the
+            # other way round: a deadlock rolls the migration back, and it is simply run again.
+            for attempt in range(1, MIGRATION_TRIES + 1):
                 try:
-                    conn.execute(m.sql.encode())
-                except psycopg.Error as exc:
-                    raise DatabaseError(f"migration {m.version:03d}_{m.name} failed: {_first_line(exc)}") from None
-                conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (m.version, m.name))
-                applied.append(m)
+                    if _apply(conn, schema, m):
+                        applied.append(m)
+                    break
+                except psycopg.errors.DeadlockDetected as exc:
+                    if attempt == MIGRATION_TRIES:
+                        raise DatabaseError(f"migration {m.version:03d}_{m.name} failed: {_first_line(exc)}") from None
         # Objects of every migration (also later ones, such as the dashboards' views) go to the
         # schema's owner role and get the grants of collector/migrations/008_roles.sql.
         if _scalar(conn, "SELECT to_regprocedure(%s)", f"{schema}.apply_roles()"):
@@ -98,6 +96,26 @@ def migrate(url: str, schema: str = DEFAULT_SCHEMA) -> list[Migration]:
                 except psycopg.Error as exc:
                     raise DatabaseError(f"applying roles to schema {schema} failed: {_first_line(exc)}") from None
     return applied
+
+
+MIGRATION_TRIES = 5
+
+
+def _apply(conn: psycopg.Connection, schema: str, m: Migration) -> bool:
+    """Apply ``m`` in a transaction of its own unless applied; whether it was."""
+    with conn.transaction():
+        # One migrator at a time per schema: two collectors starting together stay safe.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (schema,))
+        if conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (m.version,)).fetchone():
+            return False
+        try:
+            conn.execute(m.sql.encode())
+        except psycopg.errors.DeadlockDetected:
+            raise
+        except psycopg.Error as exc:
+            raise DatabaseError(f"migration {m.version:03d}_{m.name} failed: {_first_line(exc)}") from None
+        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (m.version, m.name))
+    return True
 
 
 def drop_schema(url: str, schema: str) -> None:

@@ -91,6 +91,8 @@ class Table:
     upsert: str
     key: tuple[str, ...]
     """Columns that name a row: a second row with the same key in one import is a mistake."""
+    defaults: dict[str, str] = field(default_factory=dict)
+    """Optional columns and the text a file without them stands for."""
 
 
 @dataclass(frozen=True)
@@ -124,10 +126,19 @@ TABLES = (
     ),
     Table(
         "factories",
-        {"factory_id": _required, "name": _required, "region_code": REGION, "industry_code": INDUSTRY},
-        "INSERT INTO factories VALUES (%s, %s, %s, %s) ON CONFLICT (factory_id) DO UPDATE SET "
-        "name = EXCLUDED.name, region_code = EXCLUDED.region_code, industry_code = EXCLUDED.industry_code",
+        {
+            "factory_id": _required,
+            "name": _required,
+            "region_code": REGION,
+            "industry_code": INDUSTRY,
+            "above_designated_size": _bool,
+        },
+        "INSERT INTO factories (factory_id, name, region_code, industry_code, above_designated_size) "
+        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (factory_id) DO UPDATE SET name = EXCLUDED.name, "
+        "region_code = EXCLUDED.region_code, industry_code = EXCLUDED.industry_code, "
+        "above_designated_size = EXCLUDED.above_designated_size",
         ("factory_id",),
+        {"above_designated_size": "false"},
     ),
     Table(
         "headcounts",
@@ -216,7 +227,7 @@ def _csv_sheet(path: Path) -> Sheet | Problem:
     return Sheet(str(path), [h.strip() for h in records[0][1]], records[1:])
 
 
-def _workbook_sheets(path: Path) -> dict[str, Sheet | Problem] | Problem:
+def _workbook_sheets(path: Path, names: Iterable[str] = BY_NAME) -> dict[str, Sheet | Problem] | Problem:
     from openpyxl import load_workbook
 
     try:
@@ -224,7 +235,7 @@ def _workbook_sheets(path: Path) -> dict[str, Sheet | Problem] | Problem:
         try:
             sheets: dict[str, Sheet | Problem] = {}
             for name in book.sheetnames:
-                if name in BY_NAME:
+                if name in names:
                     cells = [
                         ["" if v is None else _cell_text(v) for v in row]
                         for row in book[name].iter_rows(values_only=True)
@@ -263,12 +274,11 @@ def _sheets(source: Path) -> dict[str, Sheet | Problem] | Problem:
 
 def _parse(sheet: Sheet, table: Table) -> tuple[Parsed, list[Problem]]:
     parsed = Parsed(sheet.where, table)
-    missing = [c for c in table.columns if c not in sheet.header]
+    missing = [c for c in table.columns if c not in sheet.header and c not in table.defaults]
     if missing:
         parsed.complete = False
-        return parsed, [
-            Problem(sheet.where, 1, c, f"missing column (the header needs {', '.join(table.columns)})") for c in missing
-        ]
+        needed = ", ".join(c for c in table.columns if c not in table.defaults)
+        return parsed, [Problem(sheet.where, 1, c, f"missing column (the header needs {needed})") for c in missing]
     problems: list[Problem] = []
     index = {name: i for i, name in reversed(list(enumerate(sheet.header)))}
     for line, record in sheet.rows:
@@ -278,9 +288,10 @@ def _parse(sheet: Sheet, table: Table) -> tuple[Parsed, list[Problem]]:
         if len(record) > len(sheet.header) and any(v.strip() for v in record[len(sheet.header) :]):
             bad.append(Problem(sheet.where, line, "(row)", f"{len(record)} fields, the header has {len(sheet.header)}"))
         for col, parse in table.columns.items():
-            i = index[col]
+            i = index.get(col, len(record))
+            text = record[i] if i < len(record) else ""
             try:
-                row[col] = parse(record[i] if i < len(record) else "")
+                row[col] = parse(text if text.strip() else table.defaults.get(col, text))
             except ValueError as exc:
                 bad.append(Problem(sheet.where, line, col, str(exc)))
         key = tuple(row.get(c) for c in table.key)
@@ -332,7 +343,7 @@ REFERENCES = (
 
 
 def _in_database(conn: psycopg.Connection, ref: Reference, wanted: Iterable[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
-    """Those of ``wanted`` (key tuples) that ``ref.target`` already holds."""
+    """Those of ``wanted`` (key tuples) that ``ref.target`` (a registry table) already holds."""
     wanted = list(wanted)
     if not wanted:
         return set()
@@ -346,10 +357,12 @@ def _in_database(conn: psycopg.Connection, ref: Reference, wanted: Iterable[tupl
     return {tuple(r) for r in rows}
 
 
-def _check_references(conn: psycopg.Connection, parsed: dict[str, Parsed]) -> list[Problem]:
+def _check_references(
+    conn: psycopg.Connection, parsed: dict[str, Parsed], references: Iterable[Reference] = REFERENCES
+) -> list[Problem]:
     """Every reference must name a row of this import or one already in the database."""
     out: list[Problem] = []
-    for ref in REFERENCES:
+    for ref in references:
         source = parsed.get(ref.table)
         if source is None or (ref.target in parsed and not parsed[ref.target].complete):
             continue
@@ -422,7 +435,8 @@ def import_registry(conn: psycopg.Connection, source: Path) -> dict[str, int]:
 
 
 def load_reference_targets(conn: psycopg.Connection) -> int:
-    """Preload the public targets shipped with the package (policy documents named per row)."""
+    """Preload the public targets shipped with the package (policy documents named per row), each
+    with the density definition it is measured in (migrations/040_definitions.sql)."""
     text = resources.files("robodensity.reference").joinpath("targets.csv").read_text(encoding="utf-8")
     rows = [
         (
@@ -433,11 +447,14 @@ def load_reference_targets(conn: psycopg.Connection) -> int:
             r["unit"],
             _date(r["due_date"]),
             r["source"],
+            r["definition"],
         )
         for r in csv.DictReader(text.splitlines())
     ]
     with conn.transaction():
         conn.cursor().executemany(
-            "INSERT INTO targets VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", rows
+            "INSERT INTO targets (scope_region, scope_industry, metric, value, unit, due_date, source, definition) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            rows,
         )
     return len(rows)

@@ -12,13 +12,26 @@ logging, the --config/--schema options, the one way to find the database).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from robodensity.app.cli import audit, collector, dashboards, db, edge, metrics, registry, report, simulate
+from robodensity.app.cli import (
+    audit,
+    collector,
+    dashboards,
+    db,
+    definitions,
+    edge,
+    metrics,
+    registry,
+    report,
+    simulate,
+    stats,
+)
 from robodensity.app.cli.common import (
     ConfigOpt,
     JsonFormatter,
@@ -40,7 +53,7 @@ app = typer.Typer(
     # without a terminal, click's plain lines: `Error: ...` stays one line for journald and cron.
     rich_markup_mode="rich" if sys.stderr.isatty() else None,
 )
-for group in (edge, collector, db, registry, metrics, report, simulate, dashboards):
+for group in (edge, collector, db, registry, definitions, stats, metrics, report, simulate, dashboards):
     app.add_typer(group.app, name=group.__name__.rsplit(".", 1)[-1])
 app.command("audit")(audit.audit)
 
@@ -54,6 +67,7 @@ def demo(
     hours: float = typer.Option(8.0, min=0.5, max=168, help="Simulated hours of robot life to replay."),
     replay_seconds: float = typer.Option(30.0, min=5, help="Wall-clock seconds the replay takes."),
     robots: int = typer.Option(100, min=6, max=5000, help="Robots in the simulated province."),
+    keep: bool = typer.Option(False, help="Leave the embedded PostgreSQL running and print how to reach it."),
     verbose: bool = VerboseOpt,
 ) -> None:
     """Measure a simulated province end to end and print its robot density.
@@ -61,7 +75,8 @@ def demo(
     With no configuration it starts PostgreSQL and Mosquitto on free 127.0.0.1 ports,
     simulated OPC UA and MQTT robot controllers, one edge agent per factory and the
     collector; replays a shift of robot life; computes metrics; writes Grafana
-    dashboards to OUT/dashboards; and removes what it started.
+    dashboards to OUT/dashboards and the month's bulletin to OUT/bulletin.html; and removes
+    what it started (but PostgreSQL, with --keep).
 
     Example: robodensity demo --hours 8 --replay-seconds 30
     """
@@ -90,6 +105,7 @@ def demo(
             hours=hours,
             replay_s=replay_seconds,
             step=lambda what, done: progress.update(task, description=what, completed=done),
+            keep=keep,
         )
     period = f"{result.start:%Y-%m-%d %H:%M} – {result.end:%H:%M} UTC"
     console.print(as_table(result.rows, f"Robot density, {period}"))
@@ -100,3 +116,12 @@ def demo(
         "utilisation = EXECUTING / calendar time."
     )
     console.print(f"Dashboards: {out / 'dashboards'}   Registry CSV: {out / 'registry'}")
+    console.print(f"Bulletin: {result.bulletin}  (open it in a browser: no Grafana needed)")
+    if result.kept is not None:
+        console.print(
+            f"PostgreSQL is still running: {result.db_url} (schema robodensity)\n"
+            f"Grafana provisioning folder: {out / 'dashboards' / 'provisioning'} "
+            f"(dashboards JSON under {out / 'dashboards'})\n"
+            f"Stop it with: {'runuser -u postgres -- ' if os.geteuid() == 0 else ''}"
+            f"{result.kept.bindir / 'pg_ctl'} -D {result.kept.data} stop; then remove {result.kept.root}"
+        )

@@ -9,10 +9,12 @@ from pathlib import Path
 import typer
 
 from robodensity.app.cli.common import ConfigOpt, LogFormatOpt, VerboseOpt, broker_url, console, friendly, setup_logging
+from robodensity.app.cli.edge_modbus import profile_app
 from robodensity.core.errors import ConfigError
 from robodensity.core.settings import load_settings
 
 app = typer.Typer(help="The edge agent a factory runs on its gateway PC.", no_args_is_help=True)
+app.add_typer(profile_app, name="profile")
 
 
 @app.command("run")
@@ -55,10 +57,15 @@ def edge_discover(
         None, envvar="ROBODENSITY_OPCUA_PASSWORD", help="Prefer the environment variable to the command line."
     ),
 ) -> None:
-    """List the robots an OPC UA server exposes (OPC 40010 MotionDeviceSystem instances).
+    """List the robots an OPC UA server exposes (OPC 40010 MotionDeviceSystem instances), or the
+    robots behind another scheme: modbus://HOST:502?profile=estun&units=1-8 (prints a settings section).
 
     Example: robodensity edge discover opc.tcp://192.0.2.10:4840
     """
+    if url.startswith("modbus://"):
+        from robodensity.app.cli.edge_modbus import discover_modbus
+
+        return discover_modbus(url)
     from rich.table import Table
 
     from robodensity.core.settings import OpcUaSourceSettings, describe_validation_error

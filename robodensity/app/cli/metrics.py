@@ -30,8 +30,8 @@ def metrics_compute(
 
     start, end = local_period(from_, to)
     with open_db(config, schema) as conn, Progress(console=err_console) as progress:
-        task = progress.add_task("metrics", total=4)
-        n = compute(conn, start, end, lambda what: progress.update(task, description=what, advance=1))
+        task = progress.add_task("metrics", total=1.0)
+        n = compute(conn, start, end, lambda what, done: progress.update(task, description=what, completed=done))
     console.print(f"wrote {n} density rows for {from_} .. {to}")
 
 

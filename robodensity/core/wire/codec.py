@@ -26,6 +26,7 @@ import enum
 import json
 import math
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Annotated, Any, TypeVar
@@ -61,6 +62,7 @@ from robodensity.core.wire.contract import (
 
 __all__ = [
     "EventRow",
+    "batch_clock_offset",
     "decode_ack",
     "decode_batch",
     "decode_rows",
@@ -103,6 +105,8 @@ def _reading_fields(r: Reading) -> dict[str, Any]:
         d["value"] = r.value
     else:
         d["alarm"] = {"code": r.alarm_code, "text": r.alarm_text, "active": r.alarm_active}
+    if r.clock_offset_s is not None:
+        d["clock_offset_s"] = r.clock_offset_s
     return d
 
 
@@ -116,32 +120,56 @@ def event_body(reading: Reading) -> str:
     return _dumps(_reading_fields(reading))
 
 
-def _head(agent: str, factory: str) -> str:
-    """``{"v":1,"agent":...,"factory":...`` without the closing brace."""
-    return _dumps({"v": VERSION, "agent": agent, "factory": factory})[:-1]
+def _head(agent: str, factory: str, clock_offset_s: float | None = None) -> str:
+    """``{"v":1,"agent":...,"factory":...`` (and the agent's clock offset) without the closing brace."""
+    doc: dict[str, Any] = {"v": VERSION, "agent": agent, "factory": factory}
+    if clock_offset_s is not None:
+        doc["clock_offset_s"] = clock_offset_s
+    return _dumps(doc)[:-1]
 
 
 def encode_batch(batch: Batch) -> bytes:
-    doc = {
-        "v": batch.v,
-        "agent": batch.agent,
-        "factory": batch.factory,
-        "events": [event_to_dict(e) for e in batch.events],
-    }
+    doc: dict[str, Any] = {"v": batch.v, "agent": batch.agent, "factory": batch.factory}
+    if batch.clock_offset_s is not None:
+        doc["clock_offset_s"] = batch.clock_offset_s
+    doc["events"] = [event_to_dict(e) for e in batch.events]
     return _dumps(doc).encode()
 
 
-def splice_batch(agent: str, factory: str, bodies: Iterable[tuple[int, str]]) -> bytes:
+def splice_batch(
+    agent: str, factory: str, bodies: Iterable[tuple[int, str]], clock_offset_s: float | None = None
+) -> bytes:
     """An uplink message from ``(seq, event_body(reading))`` pairs, without re-encoding the bodies.
 
     Byte for byte what ``encode_batch`` writes for the same events. Each body must come from
     ``event_body`` (a JSON object with at least one member); it is trusted, not parsed.
     """
     events = ",".join(f'{{"seq":{seq},{body[1:]}' for seq, body in bodies)
-    return f'{_head(agent, factory)},"events":[{events}]}}'.encode()
+    return f'{_head(agent, factory, clock_offset_s)},"events":[{events}]}}'.encode()
 
 
-_SPLICE_BUDGET = MAX_PAYLOAD_BYTES - len(_head("x" * MAX_IDENT_CHARS, "x" * MAX_IDENT_CHARS) + ',"events":[]}')
+_SPLICE_BUDGET = MAX_PAYLOAD_BYTES - len(
+    _head("x" * MAX_IDENT_CHARS, "x" * MAX_IDENT_CHARS, -1.2345678901234567e-300) + ',"events":[]}'
+)
+
+
+def batch_clock_offset(payload: bytes) -> float | None:
+    """The agent's clock offset [s] from an uplink message's head, without decoding its events.
+
+    Reads the members before ``"events"`` as ``splice_batch``/``encode_batch`` write them; None
+    when absent, not a finite number, or the head is not in that form (the field is optional).
+    """
+    end = payload.find(b',"events":[', 0, 512)
+    if end < 0 or b'"clock_offset_s"' not in payload[:end]:
+        return None
+    try:
+        head = json.loads(payload[:end] + b"}")
+    except ValueError:
+        return None
+    value = head.get("clock_offset_s") if isinstance(head, dict) else None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not _finite(value):
+        return None
+    return float(value)
 
 
 def splice_fit(bodies: Iterable[tuple[int, str]]) -> int:
@@ -158,7 +186,10 @@ def splice_fit(bodies: Iterable[tuple[int, str]]) -> int:
 
 
 def encode_ack(ack: Ack) -> bytes:
-    return _dumps({"v": VERSION, "agent": ack.agent, "through": ack.through, "ranges": ack.ranges}).encode()
+    doc: dict[str, Any] = {"v": VERSION, "agent": ack.agent, "through": ack.through, "ranges": ack.ranges}
+    if ack.now is not None:
+        doc["now"] = format_ts(ack.now)
+    return _dumps(doc).encode()
 
 
 # ---------------------------------------------------------------- the reference decoder
@@ -175,7 +206,9 @@ def decode_ack(payload: bytes) -> Ack:
     through = doc.get("through", 0)
     if not _is_int(through):
         raise WireError("through", "must be an integer")
-    return Ack(agent, tuple((int(a), int(b)) for a, b in ranges), int(through))
+    now = doc.get("now")
+    sent = None if now is None else parse_ts("now", now, None)
+    return Ack(agent, tuple((int(a), int(b)) for a, b in ranges), int(through), sent)
 
 
 def decode_batch(payload: bytes, now: datetime | None = None) -> DecodedBatch:
@@ -255,6 +288,9 @@ def _decode_event(raw: object, now: datetime) -> Event:
     ts = parse_ts("ts", raw.get("ts"), now)
     etype = _enum("type", EventType, raw.get("type"))
     quality = _enum("quality", Quality, raw.get("quality", Quality.GOOD.value))
+    offset = raw.get("clock_offset_s")
+    if offset is not None and (not isinstance(offset, int | float) or isinstance(offset, bool) or not _finite(offset)):
+        raise WireError("clock_offset_s", f"must be a finite number of seconds; got {offset!r}")
     if etype is EventType.STATE:
         reading = Reading.of_state(robot, ts, _enum("state", State, raw.get("state")), quality)
     elif etype is EventType.COUNTER:
@@ -277,6 +313,8 @@ def _decode_event(raw: object, now: datetime) -> Event:
             active,
             quality,
         )
+    if offset is not None:
+        reading = replace(reading, clock_offset_s=float(offset))
     return Event(int(seq), reading)  # type: ignore[arg-type]
 
 
@@ -305,8 +343,9 @@ def _enum(name: str, kind: type[_E], value: object) -> _E:
         raise WireError(name, f"must be one of {allowed}; got {value!r}") from None
 
 
-def parse_ts(name: str, value: object, now: datetime) -> datetime:
-    """An RFC 3339 timestamp with a zone, from ``EARLIEST`` to ``MAX_FUTURE`` ahead of ``now``."""
+def parse_ts(name: str, value: object, now: datetime | None) -> datetime:
+    """An RFC 3339 timestamp with a zone, from ``EARLIEST`` to ``MAX_FUTURE`` ahead of ``now``
+    (``now`` None: no upper bound, for a source whose clock the edge corrects)."""
     if not isinstance(value, str):
         raise WireError(name, f"must be an RFC 3339 string; got {value!r}")
     try:
@@ -317,7 +356,7 @@ def parse_ts(name: str, value: object, now: datetime) -> datetime:
         raise WireError(name, f"has no time zone: {value!r}")
     if ts < EARLIEST:
         raise WireError(name, f"before {EARLIEST.year}: {value!r}")
-    if ts > now + MAX_FUTURE:
+    if now is not None and ts > now + MAX_FUTURE:
         raise WireError(name, f"more than {MAX_FUTURE} in the future: {value!r}")
     return ts.astimezone(UTC)
 
@@ -325,10 +364,23 @@ def parse_ts(name: str, value: object, now: datetime) -> datetime:
 # ---------------------------------------------------------------- the fast decoder
 
 EventRow = tuple[
-    int, str, str, datetime, str, str | None, str | None, float | None, str | None, str | None, bool | None, str
+    int,
+    str,
+    str,
+    datetime,
+    str,
+    str | None,
+    str | None,
+    float | None,
+    str | None,
+    str | None,
+    bool | None,
+    str,
+    float | None,
 ]
 """One event, flat: (seq, manufacturer, serial, ts, type, state, counter, value, alarm_code,
-alarm_text, alarm_active, quality); ``ts`` in UTC, the vocabularies as their wire strings."""
+alarm_text, alarm_active, quality, clock_offset_s); ``ts`` in UTC, the vocabularies as their
+wire strings."""
 
 _TYPES = frozenset(t.value for t in EventType)
 _STATES = frozenset(s.value for s in State)
@@ -358,6 +410,7 @@ class _Event(msgspec.Struct, gc=False):
     value: float | int | None = None
     alarm: _Alarm | None = None
     quality: str = Quality.GOOD.value
+    clock_offset_s: float | None = None
 
 
 class _Batch(msgspec.Struct, gc=False):
@@ -400,11 +453,14 @@ def decode_rows(payload: bytes, now: datetime) -> tuple[str, str, list[EventRow]
             if ts.tzinfo is None or ts < earliest or ts > latest:
                 return None
             ts = ts.astimezone(utc)
+            offset = e.clock_offset_s
+            if offset is not None and not math.isfinite(offset):
+                return None
             if etype == "state":
                 state = e.state
                 if state not in _STATES:
                     return None
-                append((e.seq, m, s, ts, etype, state, None, None, None, None, None, quality))
+                append((e.seq, m, s, ts, etype, state, None, None, None, None, None, quality, offset))
             elif etype == "counter":
                 value, counter = e.value, e.counter
                 if value is None or counter not in _COUNTERS:
@@ -412,12 +468,14 @@ def decode_rows(payload: bytes, now: datetime) -> tuple[str, str, list[EventRow]
                 value = float(value)  # OverflowError for huge ints: the reference decides
                 if not math.isfinite(value):
                     return None
-                append((e.seq, m, s, ts, etype, None, counter, value, None, None, None, quality))
+                append((e.seq, m, s, ts, etype, None, counter, value, None, None, None, quality, offset))
             else:
                 alarm = e.alarm
                 if alarm is None or not alarm.code.strip():
                     return None
-                append((e.seq, m, s, ts, etype, None, None, None, alarm.code, alarm.text, alarm.active, quality))
+                append(
+                    (e.seq, m, s, ts, etype, None, None, None, alarm.code, alarm.text, alarm.active, quality, offset)
+                )
     except (msgspec.DecodeError, ValueError, TypeError, OverflowError, RecursionError):
         return None
     return agent, factory, rows
@@ -425,7 +483,7 @@ def decode_rows(payload: bytes, now: datetime) -> tuple[str, str, list[EventRow]
 
 def row_to_event(row: EventRow) -> Event:
     """The Event a row stands for."""
-    seq, m, s, ts, etype, state, counter, value, code, text, active, quality = row
+    seq, m, s, ts, etype, state, counter, value, code, text, active, quality, offset = row
     reading = Reading(
         RobotId(m, s),
         ts,
@@ -437,6 +495,7 @@ def row_to_event(row: EventRow) -> Event:
         alarm_text=text,
         alarm_active=active,
         quality=Quality(quality),
+        clock_offset_s=offset,
     )
     return Event(seq, reading)
 
@@ -456,4 +515,5 @@ def event_to_row(event: Event) -> EventRow:
         r.alarm_text,
         r.alarm_active,
         r.quality.value,
+        r.clock_offset_s,
     )

@@ -154,9 +154,17 @@ class Reading:
     alarm_text: str | None = None
     alarm_active: bool | None = None
     quality: Quality = Quality.GOOD
+    clock_offset_s: float | None = None
+    """[s] set when the edge corrected ``ts`` for a controller clock that is off (the reading
+    is *clock-corrected*): the estimated offset (edge receive time - source time) it added,
+    so the source's own timestamp is ``ts - clock_offset_s``. None: ``ts`` is as read."""
 
     def __post_init__(self) -> None:
         _check_reading(self)
+
+    @property
+    def clock_corrected(self) -> bool:
+        return self.clock_offset_s is not None
 
     @classmethod
     def of_state(cls, robot: RobotId, ts: datetime, state: State, quality: Quality = Quality.GOOD) -> Reading:
@@ -194,6 +202,9 @@ class Batch:
     factory: str
     events: tuple[Event, ...]
     v: int = VERSION
+    clock_offset_s: float | None = None
+    """[s] optional: the agent's clock offset against the collector (collector - agent), as the
+    agent measured it from acks; an agent sends it now and then, not in every batch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +218,8 @@ class Ack:
     agent: str
     ranges: tuple[tuple[int, int], ...]
     through: int = 0
+    now: datetime | None = None
+    """Optional: the collector's clock when it sent the ack (the agent measures its offset)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +242,8 @@ def _check_reading(r: Reading) -> None:
         raise WireError("value", "a counter event needs a counter and a finite value")
     if r.type is EventType.ALARM and (r.alarm_code is None or r.alarm_active is None):
         raise WireError("alarm", "an alarm event needs a code and active flag")
+    if r.clock_offset_s is not None and not math.isfinite(r.clock_offset_s):
+        raise WireError("clock_offset_s", "must be a finite number of seconds")
 
 
 # ---------------------------------------------------------------- topics

@@ -308,12 +308,3 @@ class HsesSource(PolledSource):
     async def _disconnect(self) -> None:
         self.client.close()
 
-
-async def identify(settings: HsesSourceSettings) -> tuple[Identity, Sample]:
-    """Connect once, read the identity and one sample with counters (for ``edge discover``)."""
-    source = HsesSource(settings)
-    try:
-        identity = await source._connect()
-        return identity, await source._read(counters=True)
-    finally:
-        await source._disconnect()

@@ -42,9 +42,13 @@ class PahoSource(Generic[T]):
         item: Callable[[mqtt.MQTTMessage], T],
         queue_max: int,
         manual_ack: bool = False,
+        retain_handling: int = 0,
         **connect_options: Any,
     ) -> None:
-        """Build the client, subscribe ``topics`` (QoS 1) on every connect, queue ``item(msg)`` per message."""
+        """Build the client, subscribe ``topics`` (QoS 1) on every connect, queue ``item(msg)`` per message.
+
+        ``retain_handling`` is MQTT 5's subscription option: 1 has the broker send retained
+        messages only for a subscription that is new, not again on every reconnect."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[T] = asyncio.Queue(queue_max)
         self._queue, self._refused = queue, None
@@ -69,7 +73,7 @@ class PahoSource(Generic[T]):
             if getattr(reason, "is_failure", False):
                 loop.call_soon_threadsafe(refuse, str(reason))
             else:
-                c.subscribe([(t, 1) for t in topics])
+                c.subscribe([(t, mqtt.SubscribeOptions(qos=1, retainHandling=retain_handling)) for t in topics])
 
         def on_connect_fail(_c: mqtt.Client, _u: object) -> None:
             log.warning("%s cannot reach %s (network, or a TLS handshake that failed); paho retries", kind, url)

@@ -165,7 +165,8 @@ class PolledSource(abc.ABC):
         await self._disconnect()
 
     async def __aiter__(self) -> AsyncIterator[Reading]:
-        backoff = BACKOFF_START_S
+        first = min(BACKOFF_START_S, self.settings.reconnect_max_s)
+        backoff = first
         refused = 0
         counters_due = 0.0
         while True:
@@ -182,7 +183,7 @@ class PolledSource(abc.ABC):
                 assert self.tracker is not None
                 for reading in self.tracker.sample(sample, self.now()):
                     yield reading
-                backoff = BACKOFF_START_S
+                backoff = first
                 await self._pause()
                 continue
             except LoginRefused as exc:
@@ -222,3 +223,9 @@ class PolledSource(abc.ABC):
     def _lost(self) -> list[Reading]:
         self.connected.clear()
         return self.tracker.offline(self.now()) if self.tracker is not None else []
+
+
+async def identify(source: PolledSource) -> tuple[Identity, Sample]:
+    """Connect once, read the identity and one sample with counters, disconnect (``edge discover``)."""
+    async with source:  # leaving it closes the connection (and logs out of a session)
+        return await source._connect(), await source._read(counters=True)

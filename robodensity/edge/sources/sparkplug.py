@@ -398,8 +398,8 @@ class SparkplugHost:
         except SparkplugError as exc:
             out.problems.append(str(exc))
             return None
-        if ts < wire.EARLIEST or ts > now + wire.MAX_FUTURE:
-            out.problems.append(f"timestamp {ms} ms is before {wire.EARLIEST.year} or in the future")
+        if ts < wire.EARLIEST:  # a future one is a controller clock off: the agent corrects it (edge/clock_truth.py)
+            out.problems.append(f"timestamp {ms} ms is before {wire.EARLIEST.year}")
             return None
         return ts
 

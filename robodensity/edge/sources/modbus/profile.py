@@ -106,8 +106,10 @@ class Profile:
     def locate(self, signal: Signal) -> tuple[int, int]:
         """(index of the block that holds ``signal``, offset of its first word or bit in it)."""
         for i, b in enumerate(self.blocks):
-            if b.table == signal.table and b.address <= signal.address and signal.address + signal.width <= (
-                b.address + b.count
+            if (
+                b.table == signal.table
+                and b.address <= signal.address
+                and signal.address + signal.width <= (b.address + b.count)
             ):
                 return i, signal.address - b.address
         raise ValueError(f"signal {signal.name} is in no block")
@@ -140,7 +142,8 @@ class Decoder:
             return bool((values[offset] >> s.bit) & 1)
         if s.type == "string":
             raw = b"".join(
-                struct.pack("<H" if self.profile.string_byte_swap else ">H", v) for v in values[offset : offset + s.count]
+                struct.pack("<H" if self.profile.string_byte_swap else ">H", v)
+                for v in values[offset : offset + s.count]
             )
             return raw.split(b"\0", 1)[0].decode("ascii", "replace").strip()
         if s.type == "u16":
@@ -361,7 +364,9 @@ class _Checker:
             signal = Signal(name, table, address, kind, bit, count, float(scale))
             holder = [b for b in blocks if b.table == table and b.address <= address < b.address + b.count]
             if not any(address + signal.width <= b.address + b.count for b in holder):
-                self.bad(key, f"{table} {address}..{address + signal.width - 1} is in no [[blocks]]: a poll never reads it")
+                self.bad(
+                    key, f"{table} {address}..{address + signal.width - 1} is in no [[blocks]]: a poll never reads it"
+                )
                 continue
             out[name] = signal
         return out
@@ -442,7 +447,8 @@ class _Checker:
 
     def integer(self, key: str, value: object, lo: int, hi: int) -> int | None:
         if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-            self.bad(key, f"must be an integer {lo}..{hi} (0-based PDU address); got {value!r}")
+            hint = " (a 0-based PDU address: 4xxxx - 40001)" if key.endswith(".address") else ""
+            self.bad(key, f"must be an integer {lo}..{hi}{hint}; got {value!r}")
             return None
         return value
 
@@ -450,9 +456,14 @@ class _Checker:
 def format_table(profile: Profile) -> str:
     """What a profile reads and how it decides, as plain text for ``edge profile check``."""
     out = [f"profile {profile.name} ({profile.manufacturer}): {profile.description}".rstrip(": ")]
-    out.append(f"word order {profile.word_order}, strings {'byte-swapped' if profile.string_byte_swap else 'high byte first'}")
+    out.append(
+        f"word order {profile.word_order}, strings {'byte-swapped' if profile.string_byte_swap else 'high byte first'}"
+    )
     out.append("reads per robot and poll:")
-    out += [f"  {b.table:<8} {b.address:>5} .. {b.address + b.count - 1:<5} (FC{TABLES[b.table]:02d})" for b in profile.blocks]
+    out += [
+        f"  {b.table:<8} {b.address:>5} .. {b.address + b.count - 1:<5} (FC{TABLES[b.table]:02d})"
+        for b in profile.blocks
+    ]
     out.append("signals:")
     roles = {profile.alarm_code: "alarm code", profile.serial: "serial", profile.model: "model"}
     roles.update({s: f"counter {c.value}" for c, s in profile.counters.items()})

@@ -1,0 +1,104 @@
+"""The following metrics job: incremental refreshes give the blocks a full recompute gives."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+
+from robodensity.app import metrics_job
+from robodensity.app.metrics_follow import refresh
+from robodensity.app.metrics_job import LOCAL_TZ
+from robodensity.simulators.load import load_province
+from robodensity.simulators.province import ProvinceSpec, generate
+from robodensity.storage.binary_copy import copy_out
+from robodensity.storage.db import connect
+
+D0 = datetime(2026, 3, 1, tzinfo=LOCAL_TZ)
+T1 = D0 + timedelta(days=1, hours=13, minutes=7)  # mid-bucket, mid-day: earlier quarters read back
+T2 = T1 + timedelta(minutes=41)
+
+
+def _tables(conn: psycopg.Connection) -> dict[str, list[tuple[object, ...]]]:
+    return {
+        t: conn.execute(f"SELECT * FROM {t} ORDER BY robot_id, {k}").fetchall()
+        for t, k in (("robot_blocks_15m", "bucket"), ("robot_blocks_daily", "day"))
+    }
+
+
+def _append(conn: psycopg.Connection, rows: list[tuple[object, ...]]) -> None:
+    """Store events as a collector flush does: the events and the robots' state marks."""
+    with conn.transaction():
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO events (agent_id, seq, robot_id, factory_id, ts, type, state) "
+                "VALUES (%s, %s, %s, %s, %s, 'state', %s)",
+                rows,
+            )
+        lo: dict[int, datetime] = {}
+        for r in rows:
+            lo[r[2]] = min(lo.get(r[2], r[4]), r[4])  # type: ignore[arg-type, index, call-overload]
+        conn.execute("SELECT mark_state_robots(%s, %s)", (list(lo), list(lo.values())))
+
+
+def test_incremental_refreshes_equal_a_full_recompute_block_for_block(pg_url: str, schema: str, tmp_path: Path) -> None:
+    province = generate(ProvinceSpec(robots=24), 3)
+    with connect(pg_url, schema) as conn:
+        load_province(conn, province, tmp_path, 3, D0, T2)
+        later = conn.execute(
+            "SELECT agent_id, seq, robot_id, factory_id, ts, state FROM events WHERE ts >= %s ORDER BY ts", (T1,)
+        ).fetchall()
+        conn.execute("DELETE FROM events WHERE ts >= %s", (T1,))
+        conn.commit()
+        assert later
+
+        first = refresh(conn, end=T1, start=D0)
+        assert first.events > 0 and first.rows > 0
+        assert _tables(conn) == _recomputed(conn, T1)
+
+        # 41 minutes of new events for every robot, plus a late fault yesterday for one robot.
+        robot, factory = later[0][2], later[0][3]
+        late = D0 + timedelta(hours=10, minutes=3)
+        _append(
+            conn,
+            [
+                *later,
+                ("late", 1, robot, factory, late, "FAULT"),
+                ("late", 2, robot, factory, late + timedelta(minutes=50), "IDLE"),
+            ],
+        )
+        before = _tables(conn)
+        second = refresh(conn, end=T2)
+        assert second.marked == len({r[2] for r in later})
+        third = refresh(conn, end=T2 + timedelta(minutes=20))  # no new events: every robot's time goes on
+        assert third.marked == 0
+        got = _tables(conn)
+        assert got == _recomputed(conn, T2 + timedelta(minutes=20))
+    # The late fault changed the robot's day, so the comparison could fail.
+    day0 = [r for r in got["robot_blocks_daily"] if r[0] == robot and r[1] == D0.date()]
+    was = [r for r in before["robot_blocks_daily"] if r[0] == robot and r[1] == D0.date()]
+    assert day0 != was and day0[0][5] > was[0][5]  # fault_s
+
+
+def _recomputed(conn: psycopg.Connection, end: datetime) -> dict[str, list[tuple[object, ...]]]:
+    """The blocks a full recompute of every day up to ``end`` stores (rolled back after)."""
+    out: dict[str, list[tuple[object, ...]]] = {}
+    with conn.transaction():
+        metrics_job.compute(conn, D0, end)
+        out.update(_tables(conn))
+        raise psycopg.Rollback()
+    return out
+
+
+def test_binary_copy_out_names_a_null_column(pg_url: str, schema: str) -> None:
+    from psycopg import sql
+
+    with connect(pg_url, schema) as conn:
+        rows = copy_out(conn, sql.SQL("SELECT 1::int8 AS a, 2::int2 AS b"), {}, [("a", ">i8"), ("b", ">i2")])
+        assert rows["a"].tolist() == [1] and rows["b"].tolist() == [2]
+        with pytest.raises(ValueError, match="NULL"):
+            copy_out(conn, sql.SQL("SELECT 1::int8, NULL::int8"), {}, [("a", ">i8"), ("b", ">i8")])
+    assert np.dtype(">i8").itemsize == 8
