@@ -4,6 +4,7 @@ Run on demand (not part of the tests)::
 
     .venv/bin/python -m bench.bench_dashboards                     # 5,000 robots x 90 days
     .venv/bin/python -m bench.bench_dashboards --robots 500 --days 14 --repeat 10
+    .venv/bin/python -m bench.bench_dashboards --robots 100000 --days 365 --blocks   # province scale
     .venv/bin/python -m bench.bench_dashboards --database-url postgresql://... # reuse a server
     .venv/bin/python -m bench.bench_dashboards --database-url postgresql://... --keep   # keep the schema
     .venv/bin/python -m bench.bench_dashboards --database-url postgresql://... --schema bench_1a2b3c4d
@@ -25,6 +26,11 @@ dashboard over its default (the last 24 hours).
 What is timed: execute + fetch of the expanded SQL on one warm connection [ms], as the
 read-only ``{schema}_reader`` role Grafana uses (when the migrations could create it); the
 first run of each query is a warm-up and not counted.
+
+``--blocks``: province scale. Instead of raw events and the metrics job, bench/province_scale.py
+writes the daily metric blocks, region x day aggregates and monthly densities straight into
+their tables (100,000 robots x 365 days in minutes); the province, drill-down and fleet
+dashboards are timed (the factory dashboard needs raw events: time it without --blocks).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from pathlib import Path
 import psycopg
 import psycopg.sql
 
+from bench.province_scale import load_scale
 from robodensity.app import metrics_job
 from robodensity.app.embedded import embedded_postgres
 from robodensity.app.metrics_job import LOCAL_TZ
@@ -55,6 +62,8 @@ from robodensity.simulators.province import CitySpec, ProvinceSpec, generate
 from robodensity.storage.db import connect, drop_schema, migrate
 
 GOAL_MS = 150.0
+BLOCKS_ABOVE = 5_000_000
+"""Robot-days above which the province is generated straight into the metric tables (--blocks)."""
 END = datetime(2026, 4, 1, tzinfo=LOCAL_TZ)
 
 
@@ -157,7 +166,9 @@ def time_query(conn: psycopg.Connection, sql: str, repeat: int) -> tuple[int, li
     return rows, samples
 
 
-def run(url: str, schema: str, start: datetime, end: datetime, factory: str, repeat: int) -> list[Timing]:
+def run(
+    url: str, schema: str, start: datetime, end: datetime, factory: str, repeat: int, skip: tuple[str, ...] = ()
+) -> list[Timing]:
     a, b = list(months(datetime(start.year, start.month, 1, tzinfo=LOCAL_TZ), end))[-1]
     last_month = (max(a, start), b)  # the period load() computed last
     variables = {
@@ -169,6 +180,7 @@ def run(url: str, schema: str, start: datetime, end: datetime, factory: str, rep
         },
         "robodensity-factory": {"factory": factory},
         "robodensity-fleet": {},
+        "robodensity-national": {},
     }
     ranges = {
         "robodensity-province": [(f"{(end - start).days} d", start, end)],
@@ -184,10 +196,12 @@ def run(url: str, schema: str, start: datetime, end: datetime, factory: str, rep
         rows, samples = time_query(conn, "SELECT 1", repeat)
         out.append(Timing("baseline", "SELECT 1", "-", "-", rows, samples))
         for uid, model in build_all().items():
-            for label, t0, t1 in ranges[uid]:
+            if uid in skip:
+                continue
+            for label, t0, t1 in ranges.get(uid, [(f"{(end - start).days} d", start, end)]):
                 for panel in panels_of(model):
                     for target in panel["targets"]:
-                        sql = macros.expand(target["rawSql"], variables[uid], time_from=t0, time_to=t1)
+                        sql = macros.expand(target["rawSql"], variables.get(uid, {}), time_from=t0, time_to=t1)
                         rows, samples = time_query(conn, sql, repeat)
                         out.append(
                             Timing(
@@ -225,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=20, help="timed runs per query (after one warm-up)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--database-url", help="an existing PostgreSQL to use instead of a throwaway one")
+    ap.add_argument(
+        "--blocks",
+        action="store_true",
+        help="province scale: generate the metric blocks and densities directly (bench/province_scale.py); "
+        "no raw events, so the factory dashboard is not timed",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the loaded schema (with --database-url)")
     ap.add_argument(
         "--schema",
@@ -232,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         "(with --database-url; migrates it first, so new views and indexes are timed too)",
     )
     args = ap.parse_args(argv)
+    if args.robots * args.days > BLOCKS_ABOVE and not args.schema and not args.blocks:
+        print(f"{args.robots:,} robots x {args.days} days: raw events would take days; using --blocks", flush=True)
+        args.blocks = True
     if (args.keep or args.schema) and not args.database_url:
         ap.error("--keep and --schema need --database-url (the throwaway server goes with the run)")
     with contextlib.ExitStack() as stack:
@@ -243,11 +266,20 @@ def main(argv: list[str] | None = None) -> int:
                 with connect(url, schema, autocommit=True) as conn:
                     conn.execute("ANALYZE")
                 start, end, factory = END - timedelta(days=args.days), END, busiest_factory(url, schema)
+            elif args.blocks:
+                start, end, factory = END - timedelta(days=args.days), END, ""
+                t0 = time.perf_counter()
+                for step, value in load_scale(url, schema, spec_for(args.robots), args.days, END, args.seed).items():
+                    print(f"{step}: {value:,.0f}", flush=True)
+                print(
+                    f"loaded {args.robots:,} robots x {args.days} days in {time.perf_counter() - t0:.0f} s", flush=True
+                )
             else:
                 start, end, factory, _ = load(url, schema, args.robots, args.days, args.seed)
             if args.keep:
                 print(f"schema {schema} kept: --schema {schema} times it again", flush=True)
-            timings = run(url, schema, start, end, factory, args.repeat)
+            skip = ("robodensity-factory",) if args.blocks or not factory else ()
+            timings = run(url, schema, start, end, factory, args.repeat, skip)
         finally:
             if args.database_url and not (args.keep or args.schema):
                 drop_schema(url, schema)

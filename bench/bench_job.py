@@ -144,8 +144,10 @@ def in_process(target: str, *args: object) -> tuple[object, float]:
     q = ctx.Queue()
     p = ctx.Process(target=_child, args=(target, args, q))
     p.start()
-    result, rss = q.get()
     p.join()
+    if p.exitcode != 0:
+        raise SystemExit(f"{target} failed (exit code {p.exitcode}); its traceback is above")
+    result, rss = q.get(timeout=10)
     return result, rss
 
 

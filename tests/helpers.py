@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from robodensity.collector.consume import Collector
-from robodensity.core.settings import Settings
+from robodensity.core.settings import MqttJsonSourceSettings, Settings, load_settings
 from robodensity.core.wire import Reading
-from robodensity.simulators.province import Province, write_registry_csv
+from robodensity.simulators.mqtt_robot import topic_for
+from robodensity.simulators.province import CitySpec, Province, ProvinceSpec, generate, write_registry_csv
 from robodensity.storage.db import connect
 from robodensity.storage.registry import import_registry
 
@@ -71,6 +72,29 @@ def import_province(province: Province, pg_url: str, schema: str, folder: Path) 
     with connect(pg_url, schema) as conn:
         import_registry(conn, folder)
         conn.commit()
+
+
+def mqtt_json_factory(
+    pg_url: str, broker_url: str, schema: str, tmp_path: Path, robots: int, seed: int, **collector: object
+) -> tuple[Province, Settings]:
+    """A one-factory province, imported, and the settings of agent ``a1`` reading its robots' JSON
+    on ``broker_url`` (and of a collector in share group ``schema``)."""
+    province = generate(
+        ProvinceSpec(cities=(CitySpec("320400", "常州市", "Changzhou", 1),), robots=robots, opcua_share=0.0), seed=seed
+    )
+    import_province(province, pg_url, schema, tmp_path / "registry")
+    factory = province.factories[0].id
+    settings = load_settings(
+        edge={
+            "agent_id": "a1",
+            "factory_id": factory,
+            "outbox_path": tmp_path / "outbox.sqlite",
+            "batch_linger_ms": 20,
+            "mqtt_json": [MqttJsonSourceSettings(url=broker_url, topic=topic_for(factory))],
+        },
+        collector={"share_group": schema, **collector},
+    )
+    return province, settings
 
 
 async def collect_until(

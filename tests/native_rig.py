@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -18,7 +18,7 @@ from unittest.mock import patch
 import numpy as np
 
 from robodensity.core import clock
-from robodensity.core.wire import State
+from robodensity.core.wire import EventType, Reading, State
 from robodensity.edge.agent import EdgeAgent
 from robodensity.edge.sources.polled import PolledSource
 from robodensity.metrics.state_time import seconds_in_state
@@ -65,12 +65,12 @@ def with_outage(schedule: Schedule, start: datetime, end: datetime) -> Schedule:
     ]]
 
 
-def plan(keys: Sequence[str], seed: int = 11) -> tuple[Shift, dict[str, Schedule]]:
+def plan(keys: Sequence[str], seed: int = 11, wall_s: float = WALL_S) -> tuple[Shift, dict[str, Schedule]]:
     start = clock.now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=8)
     end = start + SHIFT
     profiles = list(PROFILES.values())
     schedules = {k: state_schedule(seed, k, start, end, profiles[i % len(profiles)]) for i, k in enumerate(keys)}
-    return Shift(start, end, SHIFT.total_seconds() / WALL_S, time.monotonic()), schedules
+    return Shift(start, end, SHIFT.total_seconds() / wall_s, time.monotonic()), schedules
 
 
 async def run_shift(
@@ -142,3 +142,21 @@ def assert_matches_truth(
         for state in STATES:
             assert abs(got[state] - truth[state]) / calendar_s < 0.01, (key, state, got, truth)
     assert EXECUTING == STATES.index(State.EXECUTING)
+
+
+async def until(it: AsyncIterator[Reading], cond: Callable[[Reading], bool], timeout: float = 5.0) -> list[Reading]:
+    """Readings from ``it`` up to the first for which ``cond`` holds; fails after ``timeout`` s."""
+    got: list[Reading] = []
+
+    async def run() -> None:
+        async for r in it:
+            got.append(r)
+            if cond(r):
+                return
+
+    await asyncio.wait_for(run(), timeout)
+    return got
+
+
+def is_state(state: State) -> Callable[[Reading], bool]:
+    return lambda r: r.type is EventType.STATE and r.state is state

@@ -14,15 +14,13 @@ from robodensity.app import metrics_job
 from robodensity.collector.clocks import agent_offsets
 from robodensity.collector.validate import Incoming
 from robodensity.core import clock, wire
-from robodensity.core.settings import MqttJsonSourceSettings, load_settings
 from robodensity.core.wire import Reading, RobotId, State
 from robodensity.dashboards import fleet, macros
 from robodensity.edge.agent import EdgeAgent
 from robodensity.edge.clock_truth import AgentClock, ClockTruth
-from robodensity.simulators.mqtt_robot import MqttRobots, topic_for
-from robodensity.simulators.province import CitySpec, ProvinceSpec, generate
+from robodensity.simulators.mqtt_robot import MqttRobots
 from robodensity.storage.db import connect
-from tests.helpers import import_province, running_collector, wait_until_async
+from tests.helpers import mqtt_json_factory, running_collector, wait_until_async
 
 T = datetime(2026, 6, 1, 8, tzinfo=UTC)
 R = RobotId("KUKA", "S1")
@@ -72,6 +70,14 @@ def test_the_edges_own_offline_reading_is_not_moved_and_a_late_reading_keeps_its
     # a good clock's buffered reading is history, not a clock fault
     other = Reading.of_state(RobotId("ABB", "B"), T, State.IDLE)
     assert truth.observe(other, T + _s(300)) is other
+
+
+def test_a_backlog_delivered_at_once_keeps_its_own_timestamps() -> None:
+    truth = ClockTruth(threshold_s=2.0)
+    # an hour of changes a factory broker kept for the agent while it was down, delivered within a second
+    backlog = [Reading.of_state(R, T + _s(60 * i), State.IDLE) for i in range(60)]
+    out = [truth.observe(r, T + _s(3600 + i / 100)) for i, r in enumerate(backlog)]
+    assert out == backlog and truth.corrected_robots == 0
 
 
 def test_a_clock_that_jumps_ahead_is_never_left_in_the_future() -> None:
@@ -144,23 +150,10 @@ def _utilisation(sched: list[tuple[datetime, State]], start: datetime, end: date
 async def test_controllers_an_hour_fast_and_ten_minutes_slow_count_fully_and_show_their_offsets(
     pg_url: str, broker_url: str, schema: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    province = generate(
-        ProvinceSpec(cities=(CitySpec("320400", "常州市", "Changzhou", 1),), robots=3, opcua_share=0.0), seed=11
-    )
-    import_province(province, pg_url, schema, tmp_path / "registry")
+    province, settings = mqtt_json_factory(pg_url, broker_url, schema, tmp_path, 3, 11, flush_ms=5)
     factory = province.factories[0]
     keys = [r.key for r in province.robots]
     skews = dict(zip(keys, (3600.0, -600.0, 0.0), strict=True))  # fast, slow, right
-    settings = load_settings(
-        edge={
-            "agent_id": "a1",
-            "factory_id": factory.id,
-            "outbox_path": tmp_path / "outbox.sqlite",
-            "batch_linger_ms": 0,
-            "mqtt_json": [MqttJsonSourceSettings(url=broker_url, topic=topic_for(factory.id))],
-        },
-        collector={"share_group": schema, "flush_ms": 5},
-    )
     rng = random.Random(15)
     start = datetime(2026, 6, 1, 0, tzinfo=UTC)
     end = start + timedelta(hours=6)

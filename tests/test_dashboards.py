@@ -128,6 +128,7 @@ def _variables(uid: str, loaded: Loaded) -> list[dict[str, str]]:
         ],
         "robodensity-factory": [{"factory": f.id} for f in loaded.province.factories[:2]],
         "robodensity-fleet": [{}],
+        "robodensity-national": [{}],
     }[uid]
 
 
@@ -269,6 +270,20 @@ def test_trend_projects_to_the_targets_due_date(loaded: Loaded) -> None:
     assert rows[1][3] == feb and rows[0][3] is None
 
 
+def test_national_overview_is_its_provinces_sum(loaded: Loaded) -> None:
+    """On a province's own deployment the nation is that province: the same counts and density."""
+    _cols, rows = run(loaded, _panel("robodensity-national", "National robot density")["targets"][0]["rawSql"], {})
+    with connect(loaded.url, loaded.schema) as conn:
+        own = conn.execute(
+            "SELECT robot_density, robot_count, employee_count FROM v_density WHERE region_code = '320000' "
+            "AND industry_code = '*' AND period_start = %s AND period_end = %s",
+            (FEB, END),
+        ).fetchone()
+    assert own is not None and rows == [(pytest.approx(own[0]), own[1], own[2], 1)]
+    _cols, rows = run(loaded, _panel("robodensity-national", "Provinces")["targets"][0]["rawSql"], {})
+    assert [r[0] for r in rows] == ["320000"]
+
+
 def test_drilldown_factories_match_the_registry(loaded: Loaded) -> None:
     prov = loaded.province
     v = {"region": "320000", "industry": "*", "period": f"{_z(FEB)}/{_z(END)}"}
@@ -357,6 +372,13 @@ def test_factory_state_timeline_shows_the_schedules_then_daily_states(loaded: Lo
             assert got[(day, robot)] == expected_state, (robot, day, secs)
 
 
+def test_the_factory_dashboard_names_the_plan_its_availability_uses(loaded: Loaded) -> None:
+    sql = _panel("robodensity-factory", "Planned time")["targets"][0]["rawSql"]
+    _cols, rows = run(loaded, sql, {"factory": loaded.province.factories[0].id})
+    assert len(rows) == 1 and rows[0][0] == "planned: 24/7"  # the simulated factories have no calendar
+    assert rows[0][1] == pytest.approx(rows[0][2]) and rows[0][1] > 0
+
+
 def test_fleet_health_counts_agents_backlog_dead_letters_and_unregistered_robots(loaded: Loaded) -> None:
     uid = "robodensity-fleet"
     n_agents = len(loaded.province.factories)
@@ -394,7 +416,13 @@ def test_uids_titles_and_panel_ids_are_unique_and_stable() -> None:
     models = build_all()
     titles = [m["title"] for m in models.values()]
     assert len(set(titles)) == len(titles)
-    assert set(models) == {"robodensity-province", "robodensity-drilldown", "robodensity-factory", "robodensity-fleet"}
+    assert set(models) == {
+        "robodensity-national",
+        "robodensity-province",
+        "robodensity-drilldown",
+        "robodensity-factory",
+        "robodensity-fleet",
+    }
     assert build_all() == models  # deterministic
     for uid, model in models.items():
         assert len(uid) <= 40
@@ -580,7 +608,7 @@ def test_provisioning_through_the_api_twice_changes_nothing_the_second_time() ->
     api = FakeGrafana()
     reader = "postgresql://robodensity_reader:s3cret@db:5432/robodensity?sslmode=disable"
     first = provision(api, build_all(), folder_of, reader)
-    assert len(first.created) == len(FOLDERS) + 1 + 4 and not first.updated
+    assert len(first.created) == len(FOLDERS) + 1 + len(build_all()) and not first.updated
     writes = api.writes
     second = provision(api, build_all(), folder_of, reader)
     assert not second.changed and api.writes == writes

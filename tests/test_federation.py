@@ -9,8 +9,10 @@ link heals; a schema migration applied while replication runs keeps it running.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 
 from robodensity.app import metrics_job
-from robodensity.app.embedded import EmbeddedPostgres, running_postgres
+from robodensity.app.embedded import EmbeddedPostgres
 from robodensity.app.metrics_job import LOCAL_TZ
 from robodensity.core.errors import ConfigError, DatabaseError
 from robodensity.simulators.load import load_province
@@ -46,7 +48,7 @@ KEYS = {
     "regions": "code",
     "density": "definition, region_code, industry_code, period_start, period_end",
     "targets": "scope_region, scope_industry, metric, due_date",
-    "region_daily": "region_code, day",
+    "region_daily": "region_code, industry_code, day",
 }
 
 
@@ -60,18 +62,26 @@ class Federation:
 def _compute(url: str, start: datetime, end: datetime) -> None:
     with connect(url, SCHEMA) as conn:
         metrics_job.compute(conn, start, end)
-        conn.execute("SELECT refresh_region_daily(%s, %s)", (start.date(), end.date()))
         conn.commit()
+
+
+@contextlib.contextmanager
+def _clusters(n: int) -> Iterator[list[EmbeddedPostgres]]:
+    """``n`` logical-WAL clusters, initialised in parallel (initdb is most of their start-up)."""
+    clusters = [EmbeddedPostgres(logical=True) for _ in range(n)]
+    try:
+        with ThreadPoolExecutor(n) as pool:
+            list(pool.map(lambda pg: (pg.init(), pg.start()), clusters))
+        yield clusters
+    finally:
+        for pg in clusters:
+            pg.stop()
+            pg.remove()
 
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    with (
-        running_postgres(logical=True) as js,
-        running_postgres(logical=True) as gd,
-        running_postgres(logical=True) as nation,
-        FaultProxy(js.port) as proxy,
-    ):
+    with _clusters(3) as (js, gd, nation), FaultProxy(js.port) as proxy:
         provinces = {"320000": js, "440000": gd}
         for i, (code, pg) in enumerate(provinces.items()):
             migrate(pg.url, SCHEMA)
@@ -130,6 +140,17 @@ def test_the_nation_holds_each_provinces_figures_and_nothing_robot_level(fed: Fe
         _caught_up(fed, code)
         own = _rows(fed.provinces[code].url, code)
         assert own["density"] and own["region_daily"] and len(own["regions"]) == 1 + len(SPECS[code].cities)
+        with connect(fed.provinces[code].url, SCHEMA) as conn:  # the job's region x day sums: the robots' blocks
+            blocks = conn.execute(
+                "SELECT day, count(*), sum(executing_s), sum(fault_s) FROM robot_blocks_daily GROUP BY day ORDER BY day"
+            ).fetchall()
+            regional = conn.execute(
+                "SELECT day, robots, executing_s, fault_s FROM region_daily "
+                "WHERE region_code = %s AND industry_code = '*' ORDER BY day",
+                (code,),
+            ).fetchall()
+        assert len(blocks) == 2 and [(d, n) for d, n, *_ in regional] == [(d, n) for d, n, *_ in blocks]
+        assert [x for r in regional for x in r[2:]] == pytest.approx([x for b in blocks for x in b[2:]])
     with connect(fed.national.url, SCHEMA) as conn:
         for table in ("robots", "factories", "events", "agents", "robot_blocks_daily", "headcounts"):
             assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,), table
@@ -215,3 +236,25 @@ def test_bad_province_codes_and_a_server_without_logical_wal_are_one_line_errors
         federation.check_province("320100")
     with connect(pg_url, "public", autocommit=True) as conn, pytest.raises(DatabaseError, match="wal_level = logical"):
         federation.publish(conn, "public", "320000")
+
+
+def test_the_federation_commands_wrap_the_sql(fed: Federation, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from robodensity.app.cli import app
+
+    monkeypatch.setenv("ROBODENSITY_DATABASE__URL", fed.national.url)
+    res = CliRunner().invoke(app, ["federation", "status"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert {s["subscription"] for s in doc["subscriptions"]} == {f"{SCHEMA}_320000", f"{SCHEMA}_440000"}
+    monkeypatch.setenv("ROBODENSITY_DATABASE__URL", fed.provinces["440000"].url)
+    res = CliRunner().invoke(app, ["federation", "publish", "--province", "440000"])
+    assert res.exit_code == 0 and "region_daily" in res.output, res.output
+    res = CliRunner().invoke(app, ["federation", "status"])
+    [slot] = json.loads(res.output)["slots"]
+    assert slot["slot_name"] == f"{SCHEMA}_440000" and slot["active"]
+    bad = CliRunner().invoke(app, ["federation", "publish", "--province", "440300"])
+    assert bad.exit_code == 2 and "province code like 320000" in bad.output

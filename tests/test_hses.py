@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from robodensity.core.settings_native import HsesSourceSettings
-from robodensity.core.wire import Counter, EventType, Reading, State
+from robodensity.core.wire import Counter, EventType, State
 from robodensity.edge.sources.hses import HsesError, HsesSource, pack_request, parse_elapsed_s, parse_reply, state_of
 from robodensity.simulators import hses_robot
 from robodensity.simulators.hses_robot import HsesRobot
-from tests.native_rig import assert_matches_truth, plan, run_shift, with_outage
+from tests.native_rig import assert_matches_truth, is_state, plan, run_shift, until, with_outage
 
 
 def test_state_table_follows_the_status_bits() -> None:
@@ -44,23 +43,6 @@ def settings(port: int, **kw: object) -> HsesSourceSettings:
         host="127.0.0.1", port=port, serial="YR-1", poll_s=0.01, timeout_s=0.05, retries=2, reconnect_max_s=0.05
     )
     return HsesSourceSettings(**{**base, **kw})  # type: ignore[arg-type]
-
-
-async def until(it: AsyncIterator[Reading], cond: Callable[[Reading], bool], timeout: float = 5.0) -> list[Reading]:
-    got: list[Reading] = []
-
-    async def run() -> None:
-        async for r in it:
-            got.append(r)
-            if cond(r):
-                return
-
-    await asyncio.wait_for(run(), timeout)
-    return got
-
-
-def is_state(state: State) -> Callable[[Reading], bool]:
-    return lambda r: r.type is EventType.STATE and r.state is state
 
 
 async def test_hses_source_survives_udp_loss_duplicates_garbage_slowness_and_power_loss(

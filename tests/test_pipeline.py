@@ -6,34 +6,19 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from robodensity.core.settings import MqttJsonSourceSettings, load_settings
 from robodensity.core.wire import State
 from robodensity.edge.agent import EdgeAgent
-from robodensity.simulators.mqtt_robot import MqttRobots, topic_for
-from robodensity.simulators.province import CitySpec, ProvinceSpec, generate
+from robodensity.simulators.mqtt_robot import MqttRobots
 from robodensity.storage.db import connect
-from tests.helpers import import_province, running_collector, wait_until_async
+from tests.helpers import mqtt_json_factory, running_collector, wait_until_async
 
 
 async def test_states_published_on_mqtt_reach_the_database_once(
     pg_url: str, broker_url: str, schema: str, tmp_path: Path
 ) -> None:
-    province = generate(
-        ProvinceSpec(cities=(CitySpec("320400", "常州市", "Changzhou", 1),), robots=5, opcua_share=0.0), seed=7
-    )
-    import_province(province, pg_url, schema, tmp_path / "registry")
+    province, settings = mqtt_json_factory(pg_url, broker_url, schema, tmp_path, 5, 7)
     factory = province.factories[0]
     keys = [r.key for r in province.robots]
-    settings = load_settings(
-        edge={
-            "agent_id": "a1",
-            "factory_id": factory.id,
-            "outbox_path": tmp_path / "outbox.sqlite",
-            "batch_linger_ms": 20,
-            "mqtt_json": [MqttJsonSourceSettings(url=broker_url, topic=topic_for(factory.id))],
-        },
-        collector={"share_group": schema},
-    )
     t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     sent = [
         (key, t0 + timedelta(minutes=i), s)

@@ -105,6 +105,7 @@ async def test_a_flapping_link_between_edge_and_broker(edge_link: FaultProxy, ov
     out.check()
 
 
+@pytest.mark.storage_modes
 async def test_the_collector_loses_its_database_mid_stream(
     pg_url: str, broker_url: str, schema: str, tmp_path: Path
 ) -> None:
@@ -224,6 +225,7 @@ async def test_postgres_killed_mid_stream(broker_url: str, tmp_path: Path) -> No
     out.check()
 
 
+@pytest.mark.storage_modes
 async def test_the_collector_killed_between_commit_and_ack(
     pg_url: str, broker_url: str, schema: str, tmp_path: Path
 ) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from robodensity.app import density_job
+from robodensity.app import density_job, shift_plan
 from robodensity.core.settings import DEFAULT_TIMEZONE
 from robodensity.metrics.blocks import COLUMNS, Blocks, quarter_hour_edges, robot_blocks
 from robodensity.metrics.state_time import group_at, seconds_in_state
@@ -347,9 +347,10 @@ def store_chunk(
     """
     ev = load_state_events(conn, ids, load_from, end)
     ridx = np.searchsorted(ids, ev.robot_id)
-    fresh = robot_blocks(ridx, ev.ts_us, ev.state, len(ids), lay.edges[first:])
-    quarter = fresh if first == 0 else _join(stored_quarters(conn, ids, lay.edges[: first + 1]), fresh)
     factory = factories_by_day(conn, ids, factory_ids, lay.day)
+    fresh = robot_blocks(ridx, ev.ts_us, ev.state, len(ids), lay.edges[first:])
+    fresh = shift_plan.apply(conn, fresh, factory[:, lay.quarter_day[first:]], factory_ids)  # planned_s: calendars
+    quarter = fresh if first == 0 else _join(stored_quarters(conn, ids, lay.edges[: first + 1]), fresh)
     bucket_keys, day_keys = _wire_keys(lay)
     rows = write_blocks(
         conn,
@@ -444,6 +445,8 @@ def compute(conn: psycopg.Connection, start: datetime, end: datetime, progress: 
     meter("loading registry", 0.0)
     fleet = load_fleet(conn, last_day(end))
     totals, worked = store_blocks(conn, fleet, start, end, min(start, end - ACTIVE_WINDOW), meter)
+    days = (start.astimezone(LOCAL_TZ).date(), last_day(end) + timedelta(days=1))
+    conn.execute("SELECT refresh_region_daily(%s, %s)", days)  # region x day aggregates (migration 050)
     meter("computing densities", 1.0)
     n = density_job.store(conn, start, end, fleet, totals, worked)
     meter("done", 1.0)

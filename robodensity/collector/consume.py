@@ -366,7 +366,7 @@ class Collector:
     def _writer(self) -> Writer:
         conn = connect(self.db_url, self.schema, application_name=APPLICATION_NAME)
         try:
-            return Writer(conn)
+            return Writer(conn, (self.cfg.raw_events_days, self.cfg.compress_after_days))
         except BaseException:
             conn.close()
             raise

@@ -196,8 +196,10 @@ class RobotRegistry:
 
 
 class Writer:
-    def __init__(self, conn: psycopg.Connection) -> None:
+    def __init__(self, conn: psycopg.Connection, lifecycle: tuple[int, int] | None = None) -> None:
+        """``lifecycle``: (raw_events_days, compress_after_days) to apply hourly with the partitions."""
         self.conn = conn
+        self.lifecycle = lifecycle
         self.registry = RobotRegistry()
         self._partitions_at = 0.0
         with conn.cursor() as cur:
@@ -208,15 +210,24 @@ class Writer:
         self.ensure_partitions()
 
     def ensure_partitions(self) -> None:
-        """Create next months' event partitions (a no-op under TimescaleDB); hourly from flush."""
+        """Create next months' event partitions (a no-op under TimescaleDB) and apply the raw events'
+        lifecycle; hourly from flush."""
         self._partitions_at = time.monotonic()
         try:
             with self.conn.transaction():
                 created = self.conn.execute("SELECT ensure_event_partitions()").fetchone()
             if created and created[0]:
                 log.info("created %d event partition(s)", created[0])
+            if self.lifecycle:
+                with self.conn.transaction():
+                    dropped = self.conn.execute(
+                        "SELECT apply_event_lifecycle(make_interval(days => %s), make_interval(days => %s))",
+                        self.lifecycle,
+                    ).fetchone()
+                if dropped and dropped[0]:
+                    log.info("dropped %d month(s) of raw events older than %d days", dropped[0], self.lifecycle[0])
         except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction) as exc:
-            log.warning("cannot create event partitions (events land in the default one): %s", exc)
+            log.warning("cannot maintain event partitions or their lifecycle (events land in the default one): %s", exc)
 
     def flush(self, messages: list[Incoming]) -> Committed:
         """Write ``messages`` in one transaction, then build the state intervals it marked."""

@@ -40,6 +40,7 @@ from robodensity.core.settings_errors import describe_env_parse_error, origins_o
 from robodensity.core.settings_errors import describe_validation_error as describe_validation_error  # for the CLI
 from robodensity.core.settings_modbus import ModbusSourceSettings, StateRuleSettings
 from robodensity.core.settings_native import HsesSourceSettings, RwsSourceSettings, UrDashSourceSettings
+from robodensity.core.settings_secrets import refuse_secrets_in_file
 from robodensity.core.wire import IDENT_RE, MAX_BATCH_EVENTS, Counter, State
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
@@ -94,6 +95,16 @@ def read_secret_file(path: Path) -> str:
     if not lines or not lines[0]:
         raise ValueError(f"file {path} is empty: the password must be on its first line")
     return lines[0]
+
+
+def read_password_file(path: Path | None) -> str | None:
+    """The password in ``path`` (None when unset); ConfigError naming the key when it cannot be read."""
+    if path is None:
+        return None
+    try:
+        return read_secret_file(path)
+    except ValueError as exc:
+        raise ConfigError(f"password_file: {exc}") from None
 
 
 class DatabaseSettings(_Section):
@@ -152,12 +163,7 @@ class MqttClientSettings(_Section):
 
     def read_password(self) -> str | None:
         """The password to log in with, read each time a client is made (a rotated file counts from then)."""
-        if self.password_file is None:
-            return None
-        try:
-            return read_secret_file(self.password_file)
-        except ValueError as exc:
-            raise ConfigError(f"password_file: {exc}") from None
+        return read_password_file(self.password_file)
 
 
 class BrokerSettings(MqttClientSettings):
@@ -209,6 +215,9 @@ class OpcUaSourceSettings(_Section):
     """Folder of trusted server certificates (DER or PEM); required with a policy."""
     username: str | None = None
     password: SecretStr | None = None
+    """Only from the environment (a settings file with a password is refused); prefer password_file."""
+    password_file: Path | None = None
+    """A file whose first line is the password, readable only by the service."""
     mapping_file: Path | None = None
     """TOML mapping for controllers that expose vendor nodes instead of OPC 40010."""
     publishing_interval_ms: int = Field(250, ge=10, le=60_000)
@@ -256,6 +265,17 @@ class OpcUaSourceSettings(_Section):
         if v is not None and info.data.get("username") is None:
             raise ValueError("is set but username is not")
         return v
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return MqttClientSettings._password_file(v, info)
+
+    def read_password(self) -> str | None:
+        """``password`` (from the environment) wins over ``password_file``, read at each connect."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        return read_password_file(self.password_file)
 
     @field_validator("mapping_file")
     @classmethod
@@ -411,6 +431,11 @@ class CollectorSettings(_Section):
     longer, the more flushes it handles at once (less database work) and the staler the intervals."""
     queue_max_messages: int = Field(10_000, ge=10)
     client_id: str | None = None
+    raw_events_days: int = Field(400, ge=31, le=36_600)
+    """Raw events are kept this many days (whole months of them on plain PostgreSQL), then dropped;
+    state intervals and the rollups are kept forever. Applied by the collector at start and hourly."""
+    compress_after_days: int = Field(30, ge=1, le=36_600)
+    """TimescaleDB compresses raw events this many days old (no effect on plain PostgreSQL)."""
 
 
 class Settings(BaseSettings):
@@ -469,4 +494,6 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError(describe_env_parse_error(Settings, exc)) from None
     except ValueError as exc:  # a TOML syntax error
         raise ConfigError(f"{path}: {exc}") from None
+    if path is not None:
+        refuse_secrets_in_file(path)  # valid, but a password in a settings file is a password leaked
     return Settings.model_validate(loaded.model_dump())

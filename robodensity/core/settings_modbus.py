@@ -31,6 +31,7 @@ class _Section(BaseModel):
 class NotCondition(_Section):
     """``{ not = value }``: holds when the signal is known and differs from ``value``."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)  # dumped as not_, read back
     not_: Scalar = Field(alias="not")
 
 

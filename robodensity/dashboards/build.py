@@ -2,7 +2,8 @@
 
 Layout written by ``write_dashboards(out)``::
 
-    out/departments/robodensity-province.json      one folder per audience
+    out/departments/robodensity-national.json      one folder per audience
+    out/departments/robodensity-province.json
     out/departments/robodensity-drilldown.json
     out/factories/robodensity-factory.json
     out/operators/robodensity-fleet.json
@@ -23,11 +24,11 @@ from typing import Any
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
 from robodensity.core.errors import ConfigError
-from robodensity.dashboards import drilldown, factory, fleet, province
+from robodensity.dashboards import drilldown, factory, fleet, national, province
 from robodensity.dashboards.alerts import alert_rules_yaml
 from robodensity.dashboards.provision import FOLDERS, Folder, dashboards_yaml, datasource_yaml
 
-DASHBOARD_MODULES: tuple[ModuleType, ...] = (province, drilldown, factory, fleet)
+DASHBOARD_MODULES: tuple[ModuleType, ...] = (national, province, drilldown, factory, fleet)
 
 
 def to_json(obj: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from grafana_foundation_sdk.models import dashboard as model
 
 from robodensity.dashboards import panels as p
+from robodensity.dashboards.province import definitions_panel
 
 UID = "robodensity-drilldown"
 TITLE = "City and industry drill-down 市与行业下钻"
@@ -72,18 +73,13 @@ FACTORIES = f"""\
 
 DAILY_UTILISATION = f"""\
     SELECT (rd.day::timestamp AT TIME ZONE '{p.TIMEZONE}') AS "time",
-           sum(rd.executing_s) / NULLIF(sum(rd.covered_s), 0) AS utilisation,
-           (count(*) FILTER (WHERE rd.offline_s < rd.covered_s))::double precision AS reporting_robots
-    FROM v_robot_blocks_daily rd
-    WHERE rd.factory_id IN (
-        SELECT fr.factory_id FROM v_factory_region fr
-        WHERE fr.region_code = '$region' AND '$industry' IN ('*', fr.industry_code)
-      )
-      AND {p.day_filter("rd.day")}
-    GROUP BY rd.day
+           rd.executing_s / NULLIF(rd.covered_s, 0) AS utilisation,
+           rd.reporting::double precision AS reporting_robots
+    FROM v_region_daily rd
+    WHERE rd.region_code = '$region' AND rd.industry_code = '$industry' AND {p.day_filter("rd.day")}
     ORDER BY 1"""
-"""Utilisation (executing / covered time) of the region's robots each day, and how many reported (one
-daily block per robot and day, so counting blocks counts distinct robots)."""
+"""Utilisation (executing / covered time) of the region's robots each day, and how many reported, from
+the region x day sums of the daily blocks (region_daily, migration 050): no robot rows at province scale."""
 
 
 def build() -> model.Dashboard:
@@ -128,6 +124,7 @@ def build() -> model.Dashboard:
             units=p.density_table_units(),
         )
     )
+    d = d.with_panel(definitions_panel(p.SELECTED_PERIOD, "$industry"))
     d = d.with_row(p.row("Factories 企业"))
     d = d.with_panel(
         p.table_panel(

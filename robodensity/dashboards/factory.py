@@ -145,6 +145,15 @@ AVAILABILITY = f"""\
     SELECT sum(b.executing_s) / NULLIF(sum(b.planned_s), 0) AS availability
     {IN_RANGE.strip()}"""
 
+PLAN = """\
+    SELECT p.plan, sum(b.planned_s) / 3600 AS planned_h, sum(b.covered_s) / 3600 AS covered_h
+    FROM v_factory_plan p
+    LEFT JOIN v_robot_blocks_15m b
+      ON b.factory_id = p.factory_id AND b.bucket >= $__timeFrom() AND b.bucket < $__timeTo()
+    WHERE p.factory_id = '$factory'
+    GROUP BY p.plan"""
+"""Which plan the availability uses ('planned: shift calendar' or 'planned: 24/7', issue 15)."""
+
 ROBOTS = """\
     SELECT count(*) FILTER (WHERE in_operation) AS robot_count FROM v_robot_current WHERE factory_id = '$factory'"""
 
@@ -193,7 +202,8 @@ def build() -> model.Dashboard:
             AVAILABILITY,
             "percentunit",
             1,
-            "EXECUTING time / planned time, ISO 22400-2 (planned: around the clock until shift calendars exist).",
+            "EXECUTING time / planned time, ISO 22400-2; planned: the factory's shift calendar, 24/7 without one "
+            "(see 'Planned time').",
         ),
         ("Failures 故障次数", FAILURES, "short", None, "FAULT runs starting in the time range."),
         (
@@ -206,6 +216,16 @@ def build() -> model.Dashboard:
         ("MTTR 平均修复时间", MTTR, "h", 2, "Mean whole duration of the faults that ended in the time range."),
     ):
         d = d.with_panel(p.stat_panel(title, sql, unit=unit, decimals=decimals, w=4, description=description))
+    d = d.with_panel(
+        p.table_panel(
+            "Planned time 计划时间",
+            PLAN,
+            w=8,
+            h=4,
+            units={"planned_h": "h", "covered_h": "h"},
+            description="The plan availability divides by: the factory's shift calendar, or 24/7 without one.",
+        )
+    )
     d = d.with_row(p.row("States and utilisation 状态与利用率"))
     d = d.with_panel(p.state_panel("Robot states 机器人状态", STATE_TIMELINE, h=12))
     d = d.with_panel(p.heatmap_panel("Utilisation by robot and day 每日利用率", UTILISATION_HEATMAP, h=12))

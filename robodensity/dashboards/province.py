@@ -1,12 +1,14 @@
 """Province overview, for provincial economic departments: density against the target.
 
-Reads ``v_density`` (density rows computed by the metrics job, with the applicable
-target) for the region chosen in ``$region`` and all manufacturing (``industry_code
-'*'``). "Latest period" is the region's last density period ending inside the time range.
+Reads ``v_density`` (the 'participating' definition's density rows computed by the metrics
+job, with the applicable target) for the region chosen in ``$region`` and all manufacturing
+(``industry_code '*'``), and ``v_density_defined`` for every definition side by side.
+"Latest period" is the region's last density period ending inside the time range.
 """
 
 from __future__ import annotations
 
+from grafana_foundation_sdk.builders import table
 from grafana_foundation_sdk.models import dashboard as model
 
 from robodensity.dashboards import panels as p
@@ -81,6 +83,48 @@ SHARES_TREND = """\
     ORDER BY 1"""
 
 
+def by_definition(period_cte: str, industry: str) -> str:
+    """Every definition's density of ``$region`` for the period of CTE ``p``: the participating
+    factories' first, then those over official employment with the participating density and the
+    employment coverage beside them; each names its denominator's source and vintage and its
+    target's definition (docs/definitions.md)."""
+    return f"""\
+    WITH {period_cte.strip()}
+    SELECT d.definition, d.definition_title AS title, d.definition_title_zh AS "口径", d.robot_density,
+           d.participating_density, d.employment_coverage, d.coverage, d.robot_count, d.employee_count,
+           d.denominator_source, d.vintage, d.denominator_year, d.target, d.target_definition
+    FROM v_density_defined d JOIN p USING (period_start, period_end)
+    WHERE d.region_code = '$region' AND d.industry_code = '{industry}'
+    ORDER BY d.denominator DESC, d.definition"""
+
+
+DEFINITION_UNITS = {
+    "robot_density": "none",
+    "participating_density": "none",
+    "employment_coverage": "percentunit",
+    "coverage": "percentunit",
+    "target": "none",
+}
+DEFINITION_HELP = (
+    "Each row is one density definition: numerator (robots in operation or verified; all, key "
+    "industries or above-designated-size firms; robots or robot-days) over its denominator "
+    "(participating factories' headcounts, or official employment with source and vintage). "
+    "Official rows show the participating factories' density and the employment coverage beside "
+    "theirs; targets appear only against the definition they are measured in."
+)
+
+
+def definitions_panel(period_cte: str, industry: str) -> table.Panel:
+    """The table 'Density by definition' (:func:`by_definition`), for this and the drill-down dashboard."""
+    return p.table_panel(
+        "Density by definition 各口径密度",
+        by_definition(period_cte, industry),
+        units=DEFINITION_UNITS,
+        description=DEFINITION_HELP,
+        h=8,
+    )
+
+
 DENSITY_NOW = _latest("d.robot_density", "robot_density")
 TARGET_NOW = _latest("d.target", "target")
 
@@ -103,8 +147,9 @@ def build() -> model.Dashboard:
             "Robot density vs target 机器人密度对比目标",
             [DENSITY_NOW, TARGET_NOW],
             unit="none",
-            description="Registered robots in operation per 10,000 manufacturing employees, latest "
-            "period; the gauge's maximum and threshold come from the target (query B).",
+            description="Definition 'participating': registered robots in operation per 10,000 employees "
+            "of the participating factories, latest period; the gauge's maximum and threshold come from "
+            "the region's target (query B), whose own definition the table 'Density by definition' names.",
             w=6,
             h=9,
         ).with_transformation(
@@ -182,6 +227,7 @@ def build() -> model.Dashboard:
     )
     d = d.with_panel(p.stat_panel("Robots 机器人数", _latest("d.robot_count", "robot_count"), unit="none", w=4))
     d = d.with_panel(p.ts_panel("Coverage, domestic share, utilisation 趋势", SHARES_TREND, unit=percent, w=24, h=7))
+    d = d.with_panel(definitions_panel(p.LATEST_PERIOD, "*"))
     d = d.with_row(p.row("By city and industry 分城市与行业"))
     d = d.with_panel(p.bar_panel("Density by city 各市密度", BY_CITY, x_field="city", unit="none"))
     d = d.with_panel(p.bar_panel("Density by industry 各行业密度", BY_INDUSTRY, x_field="industry", unit="none"))

@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Protocol
 
 from robodensity.core import clock, wire
-from robodensity.core.errors import ConfigError, SourceError
+from robodensity.core.errors import ConfigError, OutboxFull, SourceError
 from robodensity.core.settings import Settings
 from robodensity.edge.clock_truth import AgentClock, ClockTruth
 from robodensity.edge.health import serve
@@ -171,6 +171,7 @@ class EdgeAgent:
             "uplink_connected": float(bool(up and up.connected.is_set())),
             "outbox_bytes": size,
             "outbox_dropped_counters_total": self.outbox.dropped_counters,
+            "outbox_disk_full": float(self.outbox.disk_full),
             "last_ack_timestamp_seconds": s.last_ack_at or 0.0,
             "clock_offset_seconds": self.agent_clock.offset_s or 0.0,
             "clock_corrected_robots": self.clock_truth.corrected_robots,
@@ -208,8 +209,7 @@ class EdgeAgent:
             while not self._queue.empty() and len(batch) < 5_000:
                 batch.append(self._queue.get_nowait())
             readings = [r for _, r in batch]
-            async with self._lock:
-                seqs = await asyncio.to_thread(self.outbox.add, readings)
+            seqs = await self._store_durably(readings)
             self.stats.stored += len(seqs)
             for r in readings:
                 if r.state is not None:
@@ -220,6 +220,20 @@ class EdgeAgent:
                 settle = getattr(self.sources[index], "settle", None)
                 if settle is not None:
                     settle(n)
+
+    async def _store_durably(self, readings: list[wire.Reading]) -> list[int]:
+        """``outbox.add``; while the outbox or its disk is full, again every second (the queue
+        behind it fills and the sources wait: nothing is acknowledged to them meanwhile)."""
+        first = True
+        while True:
+            try:
+                async with self._lock:
+                    return await asyncio.to_thread(self.outbox.add, readings)
+            except OutboxFull as exc:
+                if first:
+                    log.error("%s; holding %d reading(s), trying again every second", exc, len(readings))
+                first = False
+            await asyncio.sleep(1.0)  # a retry period, not synchronisation
 
     # -- sender and acks -------------------------------------------------------------
     async def _send(self) -> None:

@@ -10,10 +10,13 @@ Per robot (a controller's clock is the robot's; one source may front several con
   buffered (late) readings and against the edge's own OFFLINE readings (delta ~ 0);
 - the robot is **corrected** while ``|estimate| > threshold`` (setting ``edge.clock_threshold_s``,
   2 s: above what a source's delivery adds -- an OPC UA publishing interval, a 1 s poll -- and
-  far below a robot state's length, so a synchronised controller is never touched); a clock
-  *behind* (estimate > 0) only from ``MIN_SAMPLES`` readings on, since one old reading alone is
-  more likely history (a retained MQTT message) than a slow clock: the first readings of a slow
-  controller keep their (past, accepted) timestamps;
+  far below a robot state's length, so a synchronised controller is never touched). A clock
+  *behind* (estimate > 0) must also be **steady**: at least ``MIN_SAMPLES`` deltas in the window,
+  all within ``threshold`` of each other (its source time advances as the receive time does).
+  Late history is not steady -- a retained MQTT message, or a backlog the factory's broker
+  delivers at once after the agent restarts: its source times span minutes while it arrives
+  within a second -- and keeps its own (past, accepted) timestamps. Once corrected, a robot
+  stays corrected while its estimate is over the threshold;
 - a reading of a corrected robot whose own ``|delta| > threshold`` (stamped by the bad clock)
   gets ``ts + estimate``, never later than its receive time, and ``clock_offset_s = estimate``
   (the wire's *clock_corrected* flag). A reading with ``|delta| <= threshold`` is already
@@ -44,8 +47,7 @@ log = logging.getLogger(__name__)
 WINDOW = 15
 """Recent deltas per robot the median is taken over (odd: a true median)."""
 MIN_SAMPLES = 3
-"""Readings a robot needs before a clock *behind* is believed: one old reading alone is more
-likely history (a retained MQTT message, a controller's buffer) than a slow clock."""
+"""Readings a robot needs before a clock *behind* is believed (and they must be steady)."""
 REPORT_EVERY_S = 60.0
 """[s] how often the agent puts its own offset into a batch's head."""
 
@@ -74,9 +76,11 @@ class ClockTruth:
         robot.deltas.append(delta)
         robot.estimate = statistics.median(robot.deltas)
         was = robot.corrected
-        robot.corrected = abs(robot.estimate) > self.threshold_s and (
-            robot.estimate < 0 or len(robot.deltas) >= MIN_SAMPLES
-        )
+        if robot.estimate < -self.threshold_s:  # ahead: a reading from the future is impossible
+            robot.corrected = True
+        else:  # behind, or late history? Only steady deltas (source time advancing as receive time does)
+            steady = len(robot.deltas) >= MIN_SAMPLES and max(robot.deltas) - min(robot.deltas) <= self.threshold_s
+            robot.corrected = robot.estimate > self.threshold_s and (was or steady)
         if robot.corrected != was:
             log.warning(
                 "robot %s: its clock is %+.1f s off the edge's; %s",

@@ -27,6 +27,7 @@ HELP = {
     "uplink_connected": "1 when connected to the central broker.",
     "outbox_bytes": "Disk used by the outbox.",
     "outbox_dropped_counters_total": "Counter events dropped because the outbox was full.",
+    "outbox_disk_full": "1 while the outbox's filesystem is full (counters dropped, state changes held).",
     "last_ack_timestamp_seconds": "When the last acknowledgement arrived (Unix time).",
     "clock_offset_seconds": "This agent's clock against the collector's (collector - agent), from the acks.",
     "clock_corrected_robots": "Robots whose controller clock is off, their timestamps corrected and flagged.",

@@ -43,20 +43,32 @@ def signal_names(rules: Sequence[StateRuleSettings]) -> set[str]:
     return {name for rule in rules for name in rule.when}
 
 
+class RuleTable:
+    """A rule table made ready for evaluating many times (a poll loop): names and conditions listed once."""
+
+    def __init__(self, rules: Sequence[StateRuleSettings], default: State) -> None:
+        self.rules = [(rule.state, tuple(rule.when.items())) for rule in rules]
+        self.names = tuple(sorted(signal_names(rules)))
+        self.default = default
+
+    def evaluate(self, signals: Mapping[str, object]) -> tuple[State, Quality]:
+        """(state, quality) of one robot. OFFLINE (BAD) when no signal of the table is known;
+        UNCERTAIN when some are unknown; the first matching rule's state, else the default."""
+        known = sum(signals.get(n) is not None for n in self.names)
+        if not known:
+            return State.OFFLINE, Quality.BAD
+        quality = Quality.GOOD if known == len(self.names) else Quality.UNCERTAIN
+        for state, when in self.rules:
+            if all(holds(signals.get(name), want) for name, want in when):
+                return state, quality
+        return self.default, quality
+
+
 def evaluate(
     signals: Mapping[str, object], rules: Sequence[StateRuleSettings], default: State
 ) -> tuple[State, Quality]:
-    """(state, quality) of one robot. OFFLINE (BAD) when no signal of the table is known;
-    UNCERTAIN when some are unknown; the first matching rule's state, else ``default``."""
-    names = signal_names(rules)
-    known = sum(signals.get(n) is not None for n in names)
-    if not known:
-        return State.OFFLINE, Quality.BAD
-    quality = Quality.GOOD if known == len(names) else Quality.UNCERTAIN
-    for rule in rules:
-        if all(holds(signals.get(name), want) for name, want in rule.when.items()):
-            return rule.state, quality
-    return default, quality
+    """:meth:`RuleTable.evaluate` for a table used once."""
+    return RuleTable(rules, default).evaluate(signals)
 
 
 def precedence_problems(rules: Sequence[StateRuleSettings], default: State) -> list[tuple[int | None, str]]:
@@ -64,7 +76,9 @@ def precedence_problems(rules: Sequence[StateRuleSettings], default: State) -> l
     out: list[tuple[int | None, str]] = []
     for i, (before, rule) in enumerate(zip(rules, rules[1:]), start=1):
         if RANK[rule.state] < RANK[before.state]:
-            out.append((i, f"{rule.state} after a rule for {before.state}: FAULT rules come first, then OUT_OF_SERVICE"))
+            out.append(
+                (i, f"{rule.state} after a rule for {before.state}: FAULT rules come first, then OUT_OF_SERVICE")
+            )
     if default not in (State.IDLE, State.OUT_OF_SERVICE):
         out.append((None, f"default {default} overstates: use IDLE (or OUT_OF_SERVICE)"))
     return out

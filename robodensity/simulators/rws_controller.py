@@ -30,6 +30,7 @@ import hashlib
 import json
 import re
 import secrets
+import socket
 import ssl
 import threading
 import time
@@ -83,6 +84,7 @@ class RwsController:
         self.refused = 0
         self.logouts = 0
         self.requests = 0
+        self.subscriptions = 0
         self.delay_s = 0.0
         self.garbage = False
         self.http_port = 0
@@ -92,6 +94,7 @@ class RwsController:
         self._http: ThreadingHTTPServer | None = None
         self._ws: Server | None = None
         self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
 
     @property
     def url(self) -> str:
@@ -120,22 +123,28 @@ class RwsController:
         if self.tls is not None:
             self._http.socket = self.tls.wrap_socket(self._http.socket, server_side=True)
         self.http_port = self._http.server_address[1]
-        threading.Thread(target=self._http.serve_forever, name="rws-sim", daemon=True).start()
+        threading.Thread(target=self._http.serve_forever, args=(0.02,), name="rws-sim", daemon=True).start()
 
     async def power_off(self) -> None:
         """Stop answering; sessions and subscriptions are lost, as when a controller restarts."""
-        http, self._http = self._http, None
-        if http is not None:
-            await asyncio.to_thread(http.shutdown)
-            http.server_close()
         ws, self._ws = self._ws, None
         if ws is not None:
             ws.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.wait_closed(), 2)
+        http, self._http = self._http, None
+        if http is not None:
+            http.socket.close()  # refuse new connections at once
         with self._lock:
+            live, self._conns = self._conns, set()
             self.sessions.clear()
             self._groups.clear()
+        for sock in live:  # keep-alive connections die with the controller too
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        if http is not None:
+            await asyncio.to_thread(http.shutdown)
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.wait_closed(), 2)
 
     def set_state(self, state: State) -> None:
         """Change state and push the events to every subscription (call on the event loop)."""
@@ -166,6 +175,7 @@ class RwsController:
         with self._lock:
             seq = self.elog[-1][0] + 1 if self.elog else 1
             self.elog.append((seq, msgtype, code, title))
+            del self.elog[:-50]  # a controller keeps a bounded log too
             return seq
 
     # -- sessions and auth (called from the HTTP thread)
@@ -266,6 +276,7 @@ class RwsController:
         group = secrets.token_hex(4)
         with self._lock:
             self._groups[group] = set()
+            self.subscriptions += 1
         return group
 
     def ws_link(self, group: str) -> str:
@@ -305,6 +316,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: a test double
         return
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle stalls
+        with self.controller._lock:
+            self.controller._conns.add(self.connection)
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError):
+            super().finish()
+        with self.controller._lock:
+            self.controller._conns.discard(self.connection)
 
     def _send(self, status: int, body: bytes = b"", headers: Mapping[str, str] | None = None) -> None:
         self.send_response(status)

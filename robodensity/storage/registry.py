@@ -25,6 +25,7 @@ import psycopg
 from psycopg import sql
 
 from robodensity.core.errors import RegistryError
+from robodensity.storage import shifts
 
 Parser = Callable[[str], Any]
 
@@ -176,6 +177,8 @@ TABLES = (
         "ON CONFLICT (robot_id, valid_from) DO UPDATE SET factory_id = EXCLUDED.factory_id",
         ("manufacturer", "serial", "valid_from"),
     ),
+    # optional shift calendars: shifts, holidays, maintenance (storage/shifts.py, migrations/071)
+    *(Table(**spec) for spec in shifts.table_specs(_required, _date)),
 )
 BY_NAME = {t.name: t for t in TABLES}
 
@@ -339,6 +342,7 @@ REFERENCES = (
     Reference("headcounts", ("factory_id",), "factories", "factory"),
     Reference("assignments", ("manufacturer", "serial"), "robots", "robot"),
     Reference("assignments", ("factory_id",), "factories", "factory"),
+    *(Reference(name, ("factory_id",), "factories", "factory") for name in shifts.OPTIONAL_TABLES),
 )
 
 
@@ -421,6 +425,8 @@ def import_registry(conn: psycopg.Connection, source: Path) -> dict[str, int]:
             if problems:
                 raise RegistryError(str(source), [str(p) for p in sorted(problems, key=lambda p: (p.where, p.line))])
             for table in TABLES:
+                if table.name in shifts.OPTIONAL_TABLES and table.name not in parsed:
+                    continue  # no calendar file in this import: nothing to count
                 rows = [r for _, r in parsed[table.name].rows] if table.name in parsed else []
                 if table.name == "regions":  # parents first: a province, its cities, their districts
                     rows.sort(key=lambda r: (not r["code"].endswith("0000"), not r["code"].endswith("00")))

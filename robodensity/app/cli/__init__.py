@@ -26,6 +26,7 @@ from robodensity.app.cli import (
     db,
     definitions,
     edge,
+    federation,
     metrics,
     registry,
     report,
@@ -53,7 +54,7 @@ app = typer.Typer(
     # without a terminal, click's plain lines: `Error: ...` stays one line for journald and cron.
     rich_markup_mode="rich" if sys.stderr.isatty() else None,
 )
-for group in (edge, collector, db, registry, definitions, stats, metrics, report, simulate, dashboards):
+for group in (edge, collector, db, registry, definitions, stats, metrics, report, simulate, dashboards, federation):
     app.add_typer(group.app, name=group.__name__.rsplit(".", 1)[-1])
 app.command("audit")(audit.audit)
 

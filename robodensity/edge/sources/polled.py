@@ -75,6 +75,8 @@ class Sample:
     alarms: dict[str, str] | None = None
     """Active alarms, code -> text; None when this read did not look at alarms."""
     counters: dict[Counter, float] = field(default_factory=dict)
+    at: datetime | None = None
+    """When it was true, if known better than "now" (a pushed change, stamped when it arrived)."""
 
 
 class Tracker:
@@ -181,7 +183,7 @@ class PolledSource(abc.ABC):
                     counters_due = time.monotonic() + self.settings.counters_every_s
                 self.stats["polls"] += 1
                 assert self.tracker is not None
-                for reading in self.tracker.sample(sample, self.now()):
+                for reading in self.tracker.sample(sample, sample.at or self.now()):
                     yield reading
                 backoff = first
                 await self._pause()
@@ -192,7 +194,7 @@ class PolledSource(abc.ABC):
                 wait = max(self.login_retry_s, backoff)
                 if refused >= self.login_attempts:
                     raise ConfigError(f"{self.address}: login refused {refused} times in a row: {exc}") from None
-                log.error("%s: login refused (%s); trying again in %.0f s", self.address, exc, wait)
+                log.error("%s: login refused (%s); trying again in %.1f s", self.address, exc, wait)
             except SourceError as exc:
                 wait = backoff
                 if not self._outage_logged:  # one line per outage, not one per try

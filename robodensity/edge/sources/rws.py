@@ -49,6 +49,7 @@ import contextlib
 import logging
 import re
 import ssl
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from types import TracebackType
@@ -158,6 +159,11 @@ class RwsSource(PolledSource):
         self._elog_seq = -1
         self._errors: dict[str, str] = {}
         self._was_fault = False
+        self._elog_due = False
+        self._events: deque[tuple[datetime, dict[str, str]]] = deque(maxlen=10_000)
+        """Pushed changes not yet read: (when it arrived, every signal after it)."""
+        self._pushes: dict[str, int] = {}
+        """Events received per signal: a refresh that overlaps one keeps the pushed value."""
         self._password = DEFAULT_PASSWORD
         if settings.password_file is not None:
             try:
@@ -209,6 +215,9 @@ class RwsSource(PolledSource):
         except httpx.HTTPError as exc:
             raise SourceError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
         if response.status_code == 401:
+            # the session is gone and the credentials failed: the next try starts afresh, one login
+            self._http = None
+            await client.aclose()
             raise LoginRefused(f"HTTP 401 for user {self.settings.username!r}")
         if response.status_code == 503:
             raise SourceError(f"{method} {path}: HTTP 503: the controller's session limit is reached, or it is busy")
@@ -229,8 +238,9 @@ class RwsSource(PolledSource):
     async def _connect(self) -> Identity:
         system = first_state(await self._get("/rw/system"), "/rw/system")
         name = field(system, "name", "/rw/system")
-        robottype = await self._get("/rw/system/robottype", required=False)
-        model = ""
+        known = self.identity
+        model = known.model if known is not None and known.serial == (self.settings.serial or name) else ""
+        robottype = None if model else await self._get("/rw/system/robottype", required=False)
         if robottype is not None:
             with contextlib.suppress(SourceError):
                 model = str(first_state(robottype, "/rw/system/robottype").get("robot-type", ""))
@@ -245,27 +255,43 @@ class RwsSource(PolledSource):
         loop = asyncio.get_running_loop()
         if self._ws_error is not None:
             raise SourceError(f"subscription lost: {self._ws_error}")
-        if not self.subscribed or loop.time() >= self._refresh_due or len(self.signals) < 3:
-            item = first_state(await self._get(self.ctrl_path), self.ctrl_path)
-            self.signals["ctrlstate"] = field(item, "ctrlstate", self.ctrl_path)
-            item = first_state(await self._get("/rw/panel/opmode"), "/rw/panel/opmode")
-            self.signals["opmode"] = field(item, "opmode", "/rw/panel/opmode")
-            item = first_state(await self._get("/rw/rapid/execution"), "/rw/rapid/execution")
-            self.signals["ctrlexecstate"] = field(item, "ctrlexecstate", "/rw/rapid/execution")
+        at: datetime | None = None
+        if self._events:  # every pushed change in turn, stamped when it arrived: none is lost
+            at, signals = self._events.popleft()
+        elif not self.subscribed or loop.time() >= self._refresh_due or len(self.signals) < 3:
+            pushed = dict(self._pushes)
+            read = {}
+            for name, path in (("ctrlstate", self.ctrl_path), ("opmode", "/rw/panel/opmode")):
+                read[name] = field(first_state(await self._get(path), path), name, path)
+            path = "/rw/rapid/execution"
+            read["ctrlexecstate"] = field(first_state(await self._get(path), path), "ctrlexecstate", path)
+            for name, value in read.items():
+                if self._pushes.get(name) == pushed.get(name):  # an event pushed meanwhile is newer
+                    self.signals[name] = value
             self._refresh_due = loop.time() + self.settings.refresh_s
-        state = state_of(self.signals["ctrlstate"], self.signals["opmode"], self.signals["ctrlexecstate"])
+            signals = self.signals
+            if self._events:  # changes pushed during the refresh: theirs are the earlier times
+                at, signals = self._events.popleft()
+        else:
+            signals = self.signals
+        state = state_of(signals["ctrlstate"], signals["opmode"], signals["ctrlexecstate"])
         fault = state is State.FAULT
-        if counters or self._elog_pushed or (fault and not self._was_fault):
-            self._elog_pushed = False
+        alarms: dict[str, str] | None = None
+        if self._elog_due:  # after the state went out: a change is never held up by the log
             new, self._elog_seq = elog_errors(await self._get("/rw/elog/0"), self._elog_seq)
             self._errors.update(new)
-        alarms = dict(self._errors)
-        if not fault:
-            self._errors.clear()  # reported once at least; gone with the fault
+            alarms = dict(self._errors)
+            if not fault:
+                self._errors.clear()  # reported once at least; the next read says they are gone
+        again = bool(alarms) and not fault
+        self._elog_due = counters or self._elog_pushed or fault is not self._was_fault or again
+        self._elog_pushed = False
         self._was_fault = fault
-        return Sample(state, alarms)
+        return Sample(state, alarms, at=at)
 
     async def _pause(self) -> None:
+        if self._elog_due or self._events:
+            return  # the event log, or pushed changes waiting, are read right away
         if not self.subscribed:
             await super()._pause()
             return
@@ -276,6 +302,7 @@ class RwsSource(PolledSource):
     async def _disconnect(self) -> None:
         """Close the subscription; the HTTP client and its session cookie stay for the next connect."""
         self.subscribed = False
+        self._events.clear()
         task, self._ws_task = self._ws_task, None
         if task is not None:
             task.cancel()
@@ -346,6 +373,9 @@ class RwsSource(PolledSource):
                     match = rx.search(text)
                     if match:
                         self.signals[name] = match.group(1)
+                        self._pushes[name] = self._pushes.get(name, 0) + 1
+                if any(rx.search(text) for rx in _EVENTS.values()) and len(self.signals) == 3:
+                    self._events.append((self.now(), dict(self.signals)))
                 if _ELOG_EVENT.search(text):
                     self._elog_pushed = True
                 self._pushed.set()

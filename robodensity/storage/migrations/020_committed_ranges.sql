@@ -32,6 +32,9 @@ FROM (
     GROUP BY agent_id
 ) s
 WHERE a.agent_id = s.agent_id;
+UPDATE agents a SET acked_through = upper(r) - 1
+FROM (SELECT agent_id, acked_through, unnest(committed) AS r FROM agents) u
+WHERE a.agent_id = u.agent_id AND u.r @> (u.acked_through + 1);
 
 -- The backlog: seqs settled beyond the contiguous acknowledged run.
 CREATE OR REPLACE VIEW v_agent_health AS

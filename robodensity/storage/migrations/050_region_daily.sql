@@ -4,6 +4,7 @@
 -- The metrics job refreshes the days it computed with refresh_region_daily(from, to).
 CREATE TABLE region_daily (
     region_code      text NOT NULL,
+    industry_code    text NOT NULL,               -- GB/T 4754 code of the factories, '*' for all
     day              date NOT NULL,
     robots           integer NOT NULL,            -- robots with a daily block in the region's factories
     reporting        integer NOT NULL,            -- of which sent telemetry (offline_s < covered_s)
@@ -17,7 +18,7 @@ CREATE TABLE region_daily (
     failures         integer NOT NULL,
     repairs          integer NOT NULL,
     repair_s         double precision NOT NULL,
-    PRIMARY KEY (region_code, day)
+    PRIMARY KEY (region_code, industry_code, day)
 );
 CREATE INDEX region_daily_day ON region_daily (day);
 
@@ -35,7 +36,8 @@ DECLARE
 BEGIN
     DELETE FROM region_daily WHERE day >= from_day AND day < to_day;
     INSERT INTO region_daily
-    SELECT fr.region_code, b.day, count(*),
+    SELECT fr.region_code, CASE WHEN GROUPING(fr.industry_code) = 1 THEN '*' ELSE coalesce(fr.industry_code, '') END,
+           b.day, count(*),
            count(*) FILTER (WHERE b.offline_s < b.executing_s + b.idle_s + b.fault_s + b.out_of_service_s
                                                 + b.offline_s),
            sum(b.executing_s), sum(b.idle_s), sum(b.fault_s), sum(b.out_of_service_s), sum(b.offline_s),
@@ -44,7 +46,7 @@ BEGIN
     FROM robot_blocks_daily b
     JOIN v_factory_region fr ON fr.factory_id = b.factory_id
     WHERE b.day >= from_day AND b.day < to_day
-    GROUP BY fr.region_code, b.day;
+    GROUP BY GROUPING SETS ((fr.region_code, fr.industry_code, b.day), (fr.region_code, b.day));
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END

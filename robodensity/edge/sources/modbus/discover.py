@@ -108,7 +108,11 @@ def settings_section(url: str, profile: Profile, found: list[FoundRobot]) -> str
         "robots = [",
     ]
     for r in found:
-        if r.serial is not None:
+        if r.serial is not None and profile.manufacturer == "GENERIC":
+            lines.append(
+                f'    {{ unit = {r.unit}, manufacturer = "GENERIC" }},  # {r.serial} {r.model or ""}: put the make here'
+            )
+        elif r.serial is not None:
             lines.append(f"    {{ unit = {r.unit} }},  # {r.manufacturer} {r.serial} {r.model or ''}".rstrip())
         else:
             lines.append(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import struct
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -117,13 +117,21 @@ class Profile:
     def decoder(self) -> Decoder:
         return Decoder(self)
 
+    def polled_signals(self) -> list[str]:
+        """The signals a poll needs: the rules', the alarm code's, the counters' and the serial's."""
+        names = {n for rule in self.rules for n in rule.when} | set(self.counters.values())
+        names |= {n for n in (self.alarm_code, self.serial) if n is not None}
+        return [n for n in self.signals if n in names]
+
 
 class Decoder:
     """Turns the values of a poll's blocks (None for a block that could not be read) into signals."""
 
-    def __init__(self, profile: Profile) -> None:
+    def __init__(self, profile: Profile, only: Iterable[str] | None = None) -> None:
+        """``only``: decode just these signals (a poll needs the rules', not the informational ones)."""
         self.profile = profile
-        self._plan = [(s, *profile.locate(s)) for s in profile.signals.values()]
+        wanted = profile.signals.values() if only is None else [profile.signals[n] for n in only]
+        self._plan = [(s, *profile.locate(s)) for s in wanted]
         order = "<" if profile.word_order == "little" else ">"
         self._formats = {"u32": f"{order}I", "i32": f"{order}i", "f32": f"{order}f"}
         self._little = profile.word_order == "little"

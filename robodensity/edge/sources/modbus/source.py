@@ -35,7 +35,7 @@ from robodensity.core import clock
 from robodensity.core.errors import ConfigError
 from robodensity.core.settings_modbus import ModbusRobotSettings, ModbusSourceSettings, modbus_address
 from robodensity.core.wire import Counter, Quality, Reading, RobotId, State
-from robodensity.edge.rules import evaluate
+from robodensity.edge.rules import RuleTable
 from robodensity.edge.sources.modbus.profile import Decoder, Profile, load_profile
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,9 @@ class ModbusSource:
     def __init__(self, settings: ModbusSourceSettings, now: Callable[[], datetime] | None = None) -> None:
         self.settings = settings
         self.profile: Profile = load_profile(settings.profile)
-        self.decoder = Decoder(self.profile)
+        self.decoder = Decoder(self.profile)  # every signal: for discovery
+        self._poll_decoder = Decoder(self.profile, self.profile.polled_signals())
+        self._table = RuleTable(self.profile.rules, self.profile.default)
         self.host, self.port = modbus_address(settings.url)
         self.now = now or (lambda: clock.now())  # looked up per call: tests run it on simulated time
         missing = [r.unit for r in settings.robots if r.serial is None]
@@ -85,6 +87,8 @@ class ModbusSource:
         self.overruns = 0
         self._client: AsyncModbusTcpClient | None = None
         self._down = False
+        self._readers: dict[str, Read] = {}
+        self._readers_of: AsyncModbusTcpClient | None = None
         self._rng = random.Random()
 
     def __repr__(self) -> str:
@@ -169,12 +173,7 @@ class ModbusSource:
         """Every block of one robot; None for a block answered with a Modbus exception."""
         assert self._client is not None
         c = self._client
-        readers: dict[str, Read] = {
-            "holding": c.read_holding_registers,
-            "input": c.read_input_registers,
-            "coil": c.read_coils,
-            "discrete": c.read_discrete_inputs,
-        }
+        readers: dict[str, Read] = self._readers if self._readers_of is c else self._bind_readers(c)
         out: list[Sequence[int] | Sequence[bool] | None] = []
         for block in self.profile.blocks:
             address = block.address + robot.cfg.base
@@ -198,17 +197,27 @@ class ModbusSource:
                 out.append(reply.registers)
         return out
 
+    def _bind_readers(self, c: AsyncModbusTcpClient) -> dict[str, Read]:
+        self._readers_of = c
+        self._readers = {
+            "holding": c.read_holding_registers,
+            "input": c.read_input_registers,
+            "coil": c.read_coils,
+            "discrete": c.read_discrete_inputs,
+        }
+        return self._readers
+
     async def _poll(self, robot: Robot) -> list[Reading]:
         blocks = await self.read_blocks(robot)
         now = self.now()
-        signals = self.decoder.decode(blocks)
+        signals = self._poll_decoder.decode(blocks)
         if all(b is not None for b in blocks):
             self._trouble(robot, None)
         if robot.robot is None or (self.profile.serial and robot.cfg.serial is None):
             self._learn_identity(robot, signals)
         if robot.robot is None:
             return []
-        state, quality = evaluate(signals, self.profile.rules, self.profile.default)
+        state, quality = self._table.evaluate(signals)
         out: list[Reading] = []
         if robot.state != (state, quality):
             robot.state = (state, quality)

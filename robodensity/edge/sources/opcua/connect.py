@@ -48,8 +48,9 @@ async def _make_client(settings: OpcUaSourceSettings) -> Client:
     client.session_timeout = max(60_000, int(settings.watchdog_s * 6_000))
     if settings.username is not None:
         client.set_user(settings.username)
-        if settings.password is not None:
-            client.set_password(settings.password.get_secret_value())
+        password = settings.read_password()
+        if password is not None:
+            client.set_password(password)
     if settings.security_policy is not None:
         # OpcUaSourceSettings requires all three with a policy.
         assert settings.certificate and settings.private_key and settings.trust_dir

@@ -1,0 +1,116 @@
+"""UR Dashboard Server: the state table, versions, a shift end to end, and the TCP faults."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from robodensity.core.settings_native import UrDashSourceSettings
+from robodensity.core.wire import State
+from robodensity.edge.sources.polled import identify
+from robodensity.edge.sources.urdash import UrDashSource, state_of
+from robodensity.simulators import urdash_robot
+from robodensity.simulators.urdash_robot import UrDashRobot
+from tests.faultproxy import FaultProxy
+from tests.native_rig import assert_matches_truth, is_state, plan, run_shift, until, with_outage
+
+
+def test_state_table_follows_the_dashboard_names() -> None:
+    assert state_of("RUNNING", "NORMAL", "PLAYING") is State.EXECUTING
+    assert state_of("RUNNING", "REDUCED", "STOPPED") is State.IDLE
+    assert state_of("RUNNING", "PROTECTIVE_STOP", "PLAYING") is State.FAULT
+    assert state_of("POWER_OFF", "ROBOT_EMERGENCY_STOP", "STOPPED") is State.FAULT
+    assert state_of("POWER_OFF", "NORMAL", "STOPPED") is State.OUT_OF_SERVICE
+    assert state_of("RUNNING", "NORMAL", "PLAYING", "MANUAL") is State.OUT_OF_SERVICE
+    assert state_of("RUNNING", "SOME_NEW_MODE", "PLAYING") is State.EXECUTING  # a newer name is no fault
+
+
+def settings(port: int, **kw: object) -> UrDashSourceSettings:
+    base: dict[str, object] = dict(host="127.0.0.1", port=port, poll_s=0.01, timeout_s=0.2, reconnect_max_s=0.05)
+    return UrDashSourceSettings(**{**base, **kw})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("version", "serial"), [("5.11", "20205500123"), ("3.15", "20185500042"), ("3.5", None)])
+async def test_identity_and_state_across_software_versions(version: str, serial: str | None) -> None:
+    async with UrDashRobot("20205500123" if serial is None else serial, version=version) as sim:
+        sim.set_state(State.EXECUTING)
+        if serial is None:  # before 3.12 there is no 'get serial number': the settings must say it
+            with pytest.raises(Exception, match="set serial in the settings"):
+                await identify(UrDashSource(settings(sim.port)))
+            identity, sample = await identify(UrDashSource(settings(sim.port, serial="UR-OLD-1")))
+            assert identity.serial == "UR-OLD-1" and identity.model == ""
+        else:
+            identity, sample = await identify(UrDashSource(settings(sim.port)))
+            assert (identity.serial, identity.model) == (serial, "UR10")
+        assert identity.software.startswith(version) and sample.state is State.EXECUTING
+
+
+async def test_urdash_source_recovers_from_half_open_garbage_cut_slow_and_power_loss(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with UrDashRobot("20205500123") as sim:
+        sim.banner = "Connected: Universal Robots Dashboard Server v2"  # another version's banner
+        with FaultProxy(sim.port) as proxy:
+            source = UrDashSource(settings(proxy.port))
+            async with source:
+                it = aiter(source)
+                sim.set_state(State.EXECUTING)
+                await until(it, is_state(State.EXECUTING))
+                for fault, words in (
+                    ("half-open", "no reply to"),
+                    ("garbage", "unexpected reply"),
+                    ("cut", "connection closed"),
+                    ("slow", "no reply to"),
+                    ("power", "cannot connect"),
+                ):
+                    caplog.clear()
+                    if fault == "half-open":
+                        proxy.blackhole()
+                    elif fault == "slow":
+                        sim.delay_s = 0.5
+                    elif fault == "power":
+                        await sim.power_off()
+                    else:
+                        setattr(sim, fault, True)
+                    await until(it, is_state(State.OFFLINE))
+                    proxy.heal()
+                    sim.delay_s, sim.garbage, sim.cut = 0.0, False, False
+                    if fault == "power":
+                        await sim.power_on()
+                    await until(it, is_state(State.EXECUTING))
+                    assert words in caplog.text or "OFFLINE" in caplog.text, (fault, caplog.text)
+                    assert "robot OFFLINE, reconnecting" in caplog.text, fault
+    assert source.stats["connects"] == 6
+
+
+@pytest.mark.slow
+async def test_a_shift_through_the_ur_dashboard_reaches_the_database_within_a_point_of_the_truth(
+    pg_url: str, broker_url: str, schema: str, tmp_path: Path
+) -> None:
+    keys = [f"Universal Robots/2020550010{i}" for i in range(3)]
+    shift, schedules = plan(keys, seed=5)
+    mid = shift.start + timedelta(hours=1)
+    schedules[keys[1]] = with_outage(schedules[keys[1]], mid, mid + timedelta(minutes=25))
+    sims = {k: UrDashRobot(k.split("/")[1]) for k in keys}
+    for sim in sims.values():
+        await sim.power_on()
+    try:
+        sources = [
+            UrDashSource(
+                settings(s.port, poll_s=0.004, jitter=0, reconnect_max_s=0.01), now=lambda: shift.now()
+            )
+            for s in sims.values()
+        ]
+        measured = await run_shift(
+            pg_url, broker_url, schema, tmp_path, shift, schedules, sources,
+            lambda c: urdash_robot.replay(sims, schedules, c),
+        )
+    finally:
+        for sim in sims.values():
+            await sim.power_off()
+    assert measured[keys[1]][State.OFFLINE] > 15 * 60
+    assert_matches_truth(measured, shift, schedules)
