@@ -20,7 +20,6 @@ import pytest
 from robodensity.app.embedded import embedded_mosquitto, embedded_postgres, timescaledb_installed
 from robodensity.storage.db import drop_schema, migrate
 
-
 STORAGE_MODES = ("partitions", "timescaledb")
 
 

@@ -1,6 +1,6 @@
 """Disk full at the edge: the outbox's filesystem runs out of space, not its configured bound.
 
-A small tmpfs is mounted for the outbox (needs root; skipped with the reason otherwise) and
+A small tmpfs (16 MiB) is mounted for the outbox (needs root; skipped with the reason otherwise) and
 filled with a ballast file while the agent stores 12,000 counters and 4,000 state changes
 with no collector to acknowledge them. The agent keeps running, says so once (one error line,
 the health gauge outbox_disk_full), drops counters and keeps every state change, corrupts
@@ -26,13 +26,13 @@ from tests.helpers import running_collector, wait_until_async
 from tests.rig import Outcome, PacedSource, rig_settings
 
 N, COUNTER_EVERY = 16_000, 4  # 3 of 4 readings are counters: 4,000 state changes
-FS_BYTES = 6 << 20
+FS_BYTES = 16 << 20
 FREE_BYTES = 600 << 10
 
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 6 MiB tmpfs of this test's own."""
+    """A 16 MiB tmpfs of this test's own."""
     mnt = tmp_path / "fs"
     mnt.mkdir()
     if os.geteuid() != 0:
@@ -103,7 +103,7 @@ async def test_a_full_disk_drops_counters_keeps_states_and_recovers(
     assert agent.outbox.dropped_counters + agent.outbox.refused > 0
     assert stored == distinct  # nothing doubled
     Outcome(
-        "disk full at the edge (6 MiB tmpfs, 600 KiB left; 12,000 counters + 4,000 states, no acks until space returns)",
+        "disk full at the edge (16 MiB tmpfs, 600 KiB left; 12,000 counters + 4,000 states, no acks until space returns)",
         N,
         stored,
         distinct,

@@ -92,7 +92,7 @@ async def test_one_session_survives_an_outage_and_a_slow_or_garbled_controller(
                 await sim.power_on()
                 sim.set_state(State.IDLE)
                 await until(it, is_state(State.IDLE))
-        assert sim.logins == 2
+        assert sim.logins == 2, sim.login_paths
 
 
 async def test_a_full_session_pool_is_waited_out_and_wrong_credentials_are_not_hammered(

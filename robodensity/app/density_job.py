@@ -103,21 +103,34 @@ def _official(conn: psycopg.Connection, year: int) -> dict[tuple[str, str, str],
     return {(r[0], r[1], r[2]): Official(r[3], r[4], r[5], r[6]) for r in rows}
 
 
+_ROBOT_DAYS_SQL = """
+WITH b AS (   -- the days robots_in_operation's answer may change: the period's first, and the
+              -- assignments, commissionings and decommissionings inside it
+  SELECT %(first)s::date AS d
+  UNION SELECT valid_from FROM assignments WHERE valid_from > %(first)s AND valid_from <= %(last)s
+  UNION SELECT commissioned FROM robots WHERE commissioned > %(first)s AND commissioned <= %(last)s
+  UNION SELECT decommissioned FROM robots WHERE decommissioned > %(first)s AND decommissioned <= %(last)s
+), seg AS (
+  SELECT d, coalesce(lead(d) OVER (ORDER BY d), %(last)s::date + 1) - d AS days FROM b
+)
+SELECT o.robot_id, o.factory_id, sum(seg.days), bool_or(o.domestic)
+FROM seg CROSS JOIN LATERAL robots_in_operation(seg.d) o
+WHERE o.factory_id IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2
+"""
+
+
 def _robot_days(conn: psycopg.Connection, fleet: Fleet, first: date, last: date) -> Counted:
-    """Days each robot in operation stood in each factory over the local days [first, last]."""
-    rows = conn.execute(
-        "SELECT o.robot_id, o.factory_id, count(*), bool_or(o.domestic) "
-        "FROM generate_series(%s::date, %s::date, interval '1 day') d(day) "
-        "CROSS JOIN LATERAL robots_in_operation(d.day::date) o "
-        "WHERE o.factory_id IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2",
-        (first, last),
-    ).fetchall()
+    """Days each robot in operation stood in each factory over the local days [first, last].
+
+    ``robots_in_operation`` is asked once per stretch of days over which its answer cannot
+    change (nothing assigned, commissioned or decommissioned inside it), not once per day."""
+    rows = conn.execute(_ROBOT_DAYS_SQL, {"first": first, "last": last}).fetchall()
     index = {f: i for i, f in enumerate(fleet.factory_id)}
     days = (last - first).days + 1
     return Counted(
         np.array([r[0] for r in rows], dtype=np.int64),
         np.array([index[r[1]] for r in rows], dtype=np.int64),
-        np.array([r[2] / days for r in rows], dtype=np.float64),
+        np.array([float(r[2]) / days for r in rows], dtype=np.float64),
         np.array([r[3] for r in rows], dtype=bool),
     )
 

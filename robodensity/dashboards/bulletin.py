@@ -418,9 +418,11 @@ def render_html(d: BulletinData, generated: datetime | None = None) -> str:
 <table><thead><tr><th>行业 Industry</th><th>密度 Density</th><th>机器人 Robots</th><th>利用率 Utilisation</th></tr>
 </thead><tbody>{industry_rows}</tbody></table>{definition_note(r)}</section>
 <section><h2>数据缺口 Data gaps</h2><ul class="gaps">{gaps}</ul></section>
-<footer>密度 = 在用登记机器人数 / 制造业从业人员数 × 10,000；核验密度只计本月有实际运行记录的机器人；
+<footer>密度（口径 participating）= 在用登记机器人数 / 参与企业从业人员数 × 10,000；其他口径见“其他口径”一节；
+核验密度只计本月有实际运行记录的机器人；
 覆盖率 = 上报数据的登记机器人占比；利用率 = 运行时间之和 / 有数据的日历时间之和。<br>
-Density = registered robots in operation per 10,000 manufacturing employees; verified density counts only robots
+Density (definition participating) = registered robots in operation per 10,000 employees of the participating
+factories; other definitions are under "Other definitions"; verified density counts only robots
 whose telemetry shows real work in the month; coverage = share of registered robots that reported; utilisation =
 EXECUTING time / covered calendar time, summed over the robots. Generated {generated:%Y-%m-%d %H:%M %Z} by RoboDensity.
 </footer>

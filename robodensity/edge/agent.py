@@ -230,7 +230,7 @@ class EdgeAgent:
                 async with self._lock:
                     return await asyncio.to_thread(self.outbox.add, readings)
             except OutboxFull as exc:
-                if first:
+                if first and not self.outbox.disk_full:  # a full disk the outbox has said once already
                     log.error("%s; holding %d reading(s), trying again every second", exc, len(readings))
                 first = False
             await asyncio.sleep(1.0)  # a retry period, not synchronisation

@@ -12,8 +12,10 @@ refused. State changes are admitted into a 5 % reserve beyond the bound, and onl
 when that too is exhausted does ``add`` raise OutboxFull.
 
 Disk full: when the filesystem itself runs out of space before the bound (SQLite's
-SQLITE_FULL), the same policy applies: the write is rolled back (nothing half-written),
-the oldest counters are dropped to free pages inside the file, and the readings are stored
+SQLITE_FULL), the same policy applies: the write is rolled back (nothing half-written), a
+1 MiB reserve file kept beside the outbox is released (in WAL mode even a delete needs
+space), the WAL is checkpointed and truncated, the oldest counters are dropped to free
+pages inside the file, and the readings are stored
 again without their counters; if even that finds no room, ``add`` raises OutboxFull and
 the agent holds its readings and tries again. ``disk_full`` says so (one error line when it
 starts, one when space is back); acknowledgements that free pages go on meanwhile, so the
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 import sqlite3
 import threading
 import time
@@ -49,6 +52,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 """
 _KIND = {EventType.STATE: 0, EventType.ALARM: 1, EventType.COUNTER: 2}
+RESERVE_BYTES = 1 << 20
+"""[bytes] kept in ``<outbox>.reserve`` and released when the disk is full, so dropping works."""
+DISK_BACK_BYTES = 4 << 20
+"""[bytes] free on the outbox's filesystem for a full disk to count as recovered."""
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -77,6 +84,8 @@ class Outbox:
         self._warned = False
         self._mutex = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._reserve = path.with_name(path.name + ".reserve")
+        self._make_reserve()
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
@@ -93,8 +102,16 @@ class Outbox:
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")
 
+    def _make_reserve(self) -> None:
+        try:
+            if not self._reserve.exists():
+                self._reserve.write_bytes(b"\0" * RESERVE_BYTES)
+        except OSError:  # no room for it (yet): made again when space is back
+            self._reserve.unlink(missing_ok=True)
+
     def _full(self, exc: sqlite3.Error, what: str) -> None:
-        """The filesystem is full: say so once, until a write succeeds again."""
+        """The filesystem is full: release the reserve; say so once, until space is back."""
+        self._reserve.unlink(missing_ok=True)
         if not self.disk_full:
             log.error(
                 "outbox %s: the disk is full (%s failed: %s); dropping the oldest counters, keeping every "
@@ -106,9 +123,12 @@ class Outbox:
         self.disk_full = True
 
     def _written(self) -> None:
-        if self.disk_full:
+        """A write succeeded: the disk is no longer full once it has room again (not merely the
+        pages dropped counters left), so a disk at its limit is reported once, not flapping."""
+        if self.disk_full and shutil.disk_usage(self.path.parent).free >= DISK_BACK_BYTES:
             log.warning("outbox %s: disk space is back, storing again", self.path)
-        self.disk_full = False
+            self.disk_full = False
+            self._make_reserve()
 
     # -- size ----------------------------------------------------------------------
     @_locked
@@ -184,13 +204,13 @@ class Outbox:
             self._checkpoint()  # the WAL's pages into the file, the WAL file truncated: its space back
             self._drop_counters(max(1, len(batch)) * 4)
             keep = [r for r in batch if r.type is not EventType.COUNTER]
-            self.refused += len(batch) - len(keep)
             try:
                 seqs = self._insert(keep)
             except sqlite3.OperationalError as again:
                 if not _disk_full(again):
                     raise
                 raise OutboxFull(f"outbox {self.path}: the disk is full, {len(keep)} state change(s) wait") from None
+            self.refused += len(batch) - len(keep)
         self._written()
         return seqs
 
@@ -245,6 +265,7 @@ class Outbox:
             self._rollback()
             self._full(exc, what)
             return False
+        self._written()
         return True
 
     @_locked
@@ -263,6 +284,7 @@ class Outbox:
             self._rollback()
             self._full(exc, "deleting acknowledged events")
             return 0
+        self._written()
         return deleted
 
     @_locked

@@ -209,10 +209,13 @@ def defined_rollup(
     robot = np.asarray(item_robot, dtype=np.int64).ravel()
     w = np.asarray(weight, dtype=np.float64).ravel()
 
+    span = int(robot.max()) - int(robot.min()) + 1 if len(robot) else 1
+    pair = g * span + (robot - (robot.min() if len(robot) else 0))  # one int64 per (group, robot)
+
     def counts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         summed = np.bincount(g[mask], weights=w[mask], minlength=n_groups)
-        pairs = np.unique(np.stack([g[mask], robot[mask]]), axis=1) if mask.any() else np.zeros((2, 0), np.int64)
-        return summed, np.bincount(pairs[0], minlength=n_groups).astype(np.float64)
+        distinct = np.unique(pair[mask]) // span
+        return summed, np.bincount(distinct, minlength=n_groups).astype(np.float64)
 
     out: dict[str, np.ndarray] = {}
     out["robot_weight"], out["robot_count"] = counts(np.ones(len(g), dtype=bool))

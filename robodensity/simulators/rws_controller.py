@@ -85,6 +85,7 @@ class RwsController:
         self.logouts = 0
         self.requests = 0
         self.subscriptions = 0
+        self.login_paths: list[str] = []
         self.delay_s = 0.0
         self.garbage = False
         self.http_port = 0
@@ -180,11 +181,11 @@ class RwsController:
 
     # -- sessions and auth (called from the HTTP thread)
     def session_of(self, cookie: str | None) -> str | None:
-        match = re.search(r"-http-session-=([^;\s]+)", cookie or "")
         with self._lock:
-            return match.group(1) if match and match.group(1) in self.sessions else None
+            valid = [c for c in re.findall(r"-http-session-=([^;\s]+)", cookie or "") if c in self.sessions]
+        return valid[0] if valid else None
 
-    def login(self, method: str, header: str | None) -> tuple[int, str | None]:
+    def login(self, method: str, header: str | None, path: str = "") -> tuple[int, str | None]:
         """(HTTP status, new session id) for a request without a valid session."""
         if not header:
             return 401, None
@@ -198,6 +199,7 @@ class RwsController:
             session = secrets.token_hex(12)
             self.sessions[session] = time.monotonic()
             self.logins += 1
+            self.login_paths.append(f"{method} {path}")
         return 200, session
 
     def _check(self, method: str, header: str) -> str | None:
@@ -345,7 +347,7 @@ class _Handler(BaseHTTPRequestHandler):
         session = c.session_of(self.headers.get("Cookie"))
         if session is not None:
             return session
-        status, session = c.login(self.command, self.headers.get("Authorization"))
+        status, session = c.login(self.command, self.headers.get("Authorization"), self.path)
         if status == 401:
             self._send(401, b"", {"WWW-Authenticate": c.challenge()})
             return None

@@ -17,7 +17,8 @@ def registry_import(
     source: Path = typer.Argument(
         ...,
         help="A folder with regions.csv, industries.csv, factories.csv, headcounts.csv, robots.csv, "
-        "assignments.csv (any subset), or an XLSX workbook with sheets of those names.",
+        "assignments.csv, and the optional shift calendars shifts.csv, holidays.csv, maintenance.csv "
+        "(any subset; docs/clocks-and-shifts.md), or an XLSX workbook with sheets of those names.",
     ),
     config: Path | None = ConfigOpt,
     schema: str = SchemaOpt,
