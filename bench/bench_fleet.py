@@ -15,13 +15,16 @@ process is sampled throughout and must show no upward trend over the second half
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
@@ -37,8 +40,8 @@ SCHEMA = "fleet"
 TAG = "f"
 
 
-def _collector_main(pg: str, broker: str, ready: Event, stop: Event, out: Any) -> None:
-    collector = Collector(load_settings(collector={"share_group": "fleet"}), pg, broker, SCHEMA)
+def _collector_main(pg: str, broker: str, schema: str, ready: Event, stop: Event, out: Any) -> None:
+    collector = Collector(load_settings(collector={"share_group": schema}), pg, broker, schema)
     halt = threading.Event()
 
     def watch() -> None:
@@ -53,6 +56,26 @@ def _collector_main(pg: str, broker: str, ready: Event, stop: Event, out: Any) -
     out.put({"messages": s.messages, "inserted": s.inserted, "flushes": s.flushes, "db_retries": s.db_retries})
 
 
+@contextlib.contextmanager
+def collector_process(pg: str, broker: str, schema: str) -> Iterator[tuple[BaseProcess, dict[str, int]]]:
+    """A collector in a process of its own (its RSS apart from the agents'); its stats at the end."""
+    ctx = mp.get_context("spawn")
+    ready, stop = ctx.Event(), ctx.Event()
+    out: Any = ctx.Queue()
+    proc = ctx.Process(target=_collector_main, args=(pg, broker, schema, ready, stop, out), name="collector")
+    proc.start()
+    stats: dict[str, int] = {}
+    try:
+        if not ready.wait(60):
+            raise SystemExit("the collector did not subscribe within 60 s")
+        yield proc, stats
+    finally:
+        stop.set()
+        if proc.is_alive():
+            stats.update(out.get(timeout=120))
+        proc.join()
+
+
 def _agents_main(plan: FleetPlan, indexes: list[int], broker: str, folder: str, out: Any) -> None:
     import asyncio
 
@@ -64,37 +87,33 @@ def _agents_main(plan: FleetPlan, indexes: list[int], broker: str, folder: str, 
 
 def run(plan: FleetPlan, sample_s: float) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
-    with embedded_postgres() as pg, embedded_mosquitto() as broker, tempfile.TemporaryDirectory() as tmp:
+    with (
+        embedded_postgres() as pg,
+        embedded_mosquitto() as broker,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         migrate(pg, SCHEMA)
-        ready, stop = ctx.Event(), ctx.Event()
-        collected: Any = ctx.Queue()
-        collector = ctx.Process(target=_collector_main, args=(pg, broker, ready, stop, collected), name="collector")
-        collector.start()
-        if not ready.wait(60):
-            raise SystemExit("the collector did not subscribe within 60 s")
-        results: Any = ctx.Queue()
-        groups = [list(range(plan.agents))[k :: plan.processes] for k in range(plan.processes)]
-        procs = [ctx.Process(target=_agents_main, args=(plan, g, broker, tmp, results)) for g in groups if g]
-        since = datetime.now(UTC)
-        t0 = time.monotonic()
-        sampler = RssSampler(sample_s)
-        sampler.watch("collector", collector.pid or 0)
-        with sampler:
-            for k, p in enumerate(procs):
-                p.start()
-                sampler.watch(f"agents-{k}", p.pid or 0)
-            generated: dict[str, int] = {}
-            for _ in procs:
-                got = results.get(timeout=plan.seconds + 900)
-                if "error" in got:
-                    raise SystemExit(f"an agent process failed: {got['error']}")
-                generated.update(got)
-            seconds = time.monotonic() - t0
-            for p in procs:
-                p.join()
-            stop.set()
-            stats = collected.get(timeout=120)
-            collector.join()
+        with collector_process(pg, broker, SCHEMA) as (collector, stats):
+            results: Any = ctx.Queue()
+            groups = [list(range(plan.agents))[k :: plan.processes] for k in range(plan.processes)]
+            procs = [ctx.Process(target=_agents_main, args=(plan, g, broker, tmp, results)) for g in groups if g]
+            since = datetime.now(UTC)
+            t0 = time.monotonic()
+            sampler = RssSampler(sample_s)
+            sampler.watch("collector", collector.pid or 0)
+            with sampler:
+                for k, p in enumerate(procs):
+                    p.start()
+                    sampler.watch(f"agents-{k}", p.pid or 0)
+                generated: dict[str, int] = {}
+                for _ in procs:
+                    got = results.get(timeout=plan.seconds + 900)
+                    if "error" in got:
+                        raise SystemExit(f"an agent process failed: {got['error']}")
+                    generated.update(got)
+                seconds = time.monotonic() - t0
+                for p in procs:
+                    p.join()
         figures = agent_figures(pg, SCHEMA, generated, since)
     check_exactly_once(figures)
     flooder = next(f for f in figures if f.agent == agent_id(FLOODER))

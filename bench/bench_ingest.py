@@ -5,6 +5,7 @@ Run on demand (not part of the tests)::
     .venv/bin/python -m bench.bench_ingest                      # 1,000,000 events, 20,000/s latency phase
     .venv/bin/python -m bench.bench_ingest --events 200000 --latency-s 10
     .venv/bin/python -m bench.bench_ingest --profile            # cProfile of the collector's threads
+    .venv/bin/python -m bench.bench_ingest --modes plain        # plain PostgreSQL only
 
 It starts a throwaway PostgreSQL and Mosquitto (robodensity.app.embedded), a registry of
 ``--robots`` robots in ``--agents`` factories, and one collector (threads of this process).
@@ -14,14 +15,19 @@ A separate publisher process (multiprocessing, spawn) generates wire-contract ba
 1. **throughput**: publishes all ``--events`` as fast as MQTT takes them; sustained
    events/s = events / (the interval stage done with the last of them - first publish), and
    also up to the last commit;
-2. **raw COPY ceiling**: the same rows, read back from ``events``, binary-COPYed from Python
-   into a table of the same columns without indexes, in the same run on the same server;
-   for scale, the same rows COPYed into a staging table and INSERTed ... ON CONFLICT DO
-   NOTHING into a table keyed by (agent, seq) (the issue's second reference figure), and
-   ``Writer.flush`` alone on one connection (the collector's SQL: staging COPY, keys,
-   events, acks, then the interval stage; decoding not timed, no MQTT) into a fresh schema;
+2. **COPY ceiling**: the same rows, read back from ``events``, binary-COPYed from Python
+   into the same ``events`` table (a fresh schema's: same indexes, same partitions or
+   hypertable) and, for scale, into an index-free table of the same columns; and
+   ``Writer.flush`` alone on one connection (the collector's SQL: lock the agents' rows,
+   COPY into events, settle the ranges, then the interval stage; decoding not timed, no MQTT);
 3. **latency**: publishes paced at ``--rate`` events/s for ``--latency-s`` seconds; latency
    of each message = collector commit (the moment it acks) - publish.
+
+4. **bytes per event** on disk: events' table, TOAST and indexes plus the agents' committed
+   ranges, per event; for the state events alone; under TimescaleDB also compressed.
+
+All of it twice, in one run: on plain PostgreSQL and on a cluster that preloads TimescaleDB
+(``--modes``; skipped with a note where TimescaleDB is not installed).
 
 The embedded PostgreSQL runs with fsync and synchronous_commit off (it is a throwaway
 cluster): the figures are the software's, not a disk's.
@@ -48,16 +54,17 @@ from typing import Any
 import psutil
 import psycopg
 
-from robodensity.app.embedded import embedded_mosquitto, embedded_postgres
+from robodensity.app.embedded import embedded_mosquitto, embedded_postgres, timescaledb_installed
 from robodensity.collector.consume import DEFAULT_WRITERS, Collector
 from robodensity.collector.validate import Incoming
 from robodensity.collector.write import COPY_TYPES, EVENT_COLUMNS, Committed, Writer
 from robodensity.core import wire
 from robodensity.core.settings import load_settings
-from robodensity.storage.db import connect, migrate
+from robodensity.storage.db import connect, drop_schema, migrate
 
 SCHEMA = "bench"
-GOAL_EVENTS_S = 100_000
+GOAL_EVENTS_S = 150_000
+GOAL_STATE_BYTES = 16
 GOAL_CEILING_RATIO = 0.5
 GOAL_P50_S = 0.5
 GOAL_P99_S = 2.0
@@ -181,36 +188,79 @@ def load_registry(db_url: str, spec: Spec, schema: str = SCHEMA, regions: bool =
 
 
 def copy_ceiling(db_url: str, limit: int) -> tuple[float, float, int]:
-    """Rows/s of a binary COPY of stored events (same rows, same columns) into an index-free
-    table; and rows/s of the same COPY into a staging table followed by INSERT ... ON CONFLICT
-    DO NOTHING into a table with the (agent_id, seq) primary key."""
+    """Rows/s of a bare binary COPY of stored events (same rows, same columns) from Python into
+    the same ``events`` table -- a fresh schema's, with the same indexes, partitions or hypertable
+    -- and into an index-free table of the same columns."""
     cols = ", ".join(EVENT_COLUMNS)
+    migrate(db_url, SCHEMA + "_copy")
     with connect(db_url, SCHEMA) as conn:
         rows = conn.execute(f"SELECT {cols} FROM events ORDER BY agent_id, seq LIMIT %s", (limit,)).fetchall()
-        conn.execute("CREATE TABLE copy_ceiling (LIKE events INCLUDING DEFAULTS)")
-        conn.execute("CREATE TABLE copy_keyed (LIKE events INCLUDING DEFAULTS, PRIMARY KEY (agent_id, seq))")
+        conn.execute("CREATE TABLE copy_bare (LIKE events INCLUDING DEFAULTS)")
         conn.commit()
 
-        def copy_into(table: str) -> None:
+        def copy_into(table: str) -> float:
+            t = time.perf_counter()
             with conn.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(COPY_TYPES)
                 for row in rows:
                     copy.write_row(row)
+            conn.commit()
+            return len(rows) / (time.perf_counter() - t)
 
-        t = time.perf_counter()
-        copy_into("copy_ceiling")
+        same = copy_into(f"{SCHEMA}_copy.events")
+        bare = copy_into("copy_bare")
+        conn.execute("DROP TABLE copy_bare")
         conn.commit()
-        raw = len(rows) / (time.perf_counter() - t)
-        conn.execute("TRUNCATE copy_ceiling")
-        conn.commit()
-        t = time.perf_counter()
-        copy_into("copy_ceiling")
-        conn.execute(f"INSERT INTO copy_keyed ({cols}) SELECT {cols} FROM copy_ceiling ON CONFLICT DO NOTHING")
-        conn.commit()
-        keyed = len(rows) / (time.perf_counter() - t)
-        conn.execute("DROP TABLE copy_ceiling, copy_keyed")
-        conn.commit()
-    return raw, keyed, len(rows)
+    drop_schema(db_url, SCHEMA + "_copy")
+    return same, bare, len(rows)
+
+
+def bytes_per_event(db_url: str, timescale: bool) -> dict[str, float]:
+    """Bytes on disk per stored event (table, TOAST and indexes; plus the agents' committed
+    ranges, the idempotency state); under TimescaleDB also after compressing every chunk, and for
+    the state events alone (copied into a schema of their own), since counters compress less."""
+    out: dict[str, float] = {}
+    with connect(db_url, SCHEMA, autocommit=True) as conn:
+
+        def size(schema: str) -> tuple[int, int]:
+            if timescale:
+                q = f"SELECT public.hypertable_size('{schema}.events')"
+            else:
+                q = (
+                    "SELECT sum(pg_total_relation_size(i.inhrelid)) FROM pg_inherits i "
+                    f"WHERE i.inhparent = '{schema}.events'::regclass"
+                )
+            table = int(conn.execute(q).fetchone()[0])  # type: ignore[index]
+            ranges = conn.execute(f"SELECT coalesce(sum(pg_column_size(committed)), 0) FROM {schema}.agents")
+            n = int(conn.execute(f"SELECT count(*) FROM {schema}.events").fetchone()[0])  # type: ignore[index]
+            return table + int(ranges.fetchone()[0]), n  # type: ignore[index]
+
+        def compress(schema: str) -> None:
+            conn.execute(f"SELECT public.compress_chunk(c) FROM public.show_chunks('{schema}.events') c")
+            conn.execute(f"VACUUM ANALYZE {schema}.events")
+
+        conn.execute(f"VACUUM ANALYZE {SCHEMA}.events")
+        b, n = size(SCHEMA)
+        out["all"] = b / n
+        migrate(db_url, SCHEMA + "_states")
+        conn.execute(
+            f"INSERT INTO {SCHEMA}_states.events SELECT * FROM {SCHEMA}.events WHERE type = 'state' ORDER BY ts"
+        )
+        conn.execute(
+            f"INSERT INTO {SCHEMA}_states.agents SELECT * FROM {SCHEMA}.agents"  # the same ranges
+        )
+        conn.execute(f"VACUUM ANALYZE {SCHEMA}_states.events")
+        b, n = size(SCHEMA + "_states")
+        out["state"] = b / n
+        if timescale:
+            compress(SCHEMA)
+            b, n = size(SCHEMA)
+            out["all compressed"] = b / n
+            compress(SCHEMA + "_states")
+            b, n = size(SCHEMA + "_states")
+            out["state compressed"] = b / n
+    drop_schema(db_url, SCHEMA + "_states")
+    return out
 
 
 def direct_write(db_url: str, spec: Spec, batch_events: int) -> float:
@@ -377,35 +427,23 @@ class StageClock:
         return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--events", type=int, default=1_000_000)
-    ap.add_argument("--batch", type=int, default=500, help="events per MQTT message (the edge sends up to 500)")
-    ap.add_argument("--agents", type=int, default=50)
-    ap.add_argument("--robots", type=int, default=2000)
-    ap.add_argument("--rate", type=float, default=20_000, help="events/s of the latency phase")
-    ap.add_argument("--latency-s", type=float, default=20)
-    ap.add_argument("--writers", type=int, default=DEFAULT_WRITERS, help="database threads of the collector")
-    ap.add_argument("--profile", action="store_true", help="print a cProfile of the collector's service thread")
-    args = ap.parse_args(argv)
-
-    print(
-        f"# bench_ingest on {platform.node()}: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
-        f"{args.events:,} events in batches of {args.batch}, {args.agents} agents, {args.robots} robots, "
-        f"{args.writers} database thread(s)"
-    )
-    with embedded_postgres() as db_url, embedded_mosquitto() as broker_url:
+def run_mode(args: argparse.Namespace, timescale: bool) -> dict[str, Any]:
+    """Every phase on a fresh cluster: plain PostgreSQL, or one that preloads TimescaleDB."""
+    out: dict[str, Any] = {}
+    with embedded_postgres(timescaledb=timescale) as db_url, embedded_mosquitto() as broker_url:
         with connect(db_url, "public", autocommit=True) as conn:
             version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         migrate(db_url, SCHEMA)
+        with connect(db_url, SCHEMA) as conn:
+            mode = conn.execute("SELECT storage_mode()").fetchone()[0]  # type: ignore[index]
         # Whole rounds over the agents, so each agent's sequence numbers stay contiguous across phases.
         per_round = args.batch * args.agents
-        args.events = max(per_round, args.events // per_round * per_round)
+        events = max(per_round, args.events // per_round * per_round)
         n_lat = max(per_round, int(args.rate * args.latency_s) // per_round * per_round)
-        base = datetime.now(UTC) - timedelta(seconds=(args.events + n_lat) / 100 + 600)
-        spec = Spec(args.events, args.batch, args.agents, args.robots, base=base)
+        base = datetime.now(UTC) - timedelta(seconds=(events + n_lat) / 100 + 600)
+        spec = Spec(events, args.batch, args.agents, args.robots, base=base)
         load_registry(db_url, spec)
-        print(f"# PostgreSQL {version}; generating payloads in the publisher process ...", flush=True)
+        print(f"# {mode}: PostgreSQL {version}; generating payloads in the publisher process ...", flush=True)
         proc, go, results, _ = run_publisher(broker_url, spec)
         clock = StageClock()
         collector, stop, thread, profiles, commits = start_collector(db_url, broker_url, args.profile, args.writers)
@@ -420,13 +458,12 @@ def main(argv: list[str] | None = None) -> int:
             spent = cpu.spent()
             results.get(timeout=120)
             proc.join(30)
-            ingest = spec.events / (t_end - t_start)
-            ingest_committed = spec.events / (t_committed - t_start)
-            flushes = collector.stats.flushes
+            out["ingest"] = spec.events / (t_end - t_start)
+            out["ingest_committed"] = spec.events / (t_committed - t_start)
             stages = clock.reset()
             print(
-                f"# throughput: {spec.events:,} events in {t_end - t_start:.2f} s over {flushes} flushes; "
-                f"decode+validate {stages['prepare']:.2f} s (service thread), "
+                f"# {mode} throughput: {spec.events:,} events in {t_end - t_start:.2f} s over "
+                f"{collector.stats.flushes} flushes; decode+validate {stages['prepare']:.2f} s (service thread), "
                 f"write+commit {stages['write']:.2f} s (database threads, summed)",
                 flush=True,
             )
@@ -436,10 +473,10 @@ def main(argv: list[str] | None = None) -> int:
                 + ", ".join(f"{k} {v:.1f}" for k, v in sorted(spent.items(), key=lambda kv: -kv[1])),
                 flush=True,
             )
-            # -- 2. raw COPY ceiling of the same rows
-            ceiling, keyed, n_copied = copy_ceiling(db_url, min(spec.events, 500_000))
+            # -- 2. a bare COPY of the same rows into the same events table (and an index-free one)
+            out["copy_same"], out["copy_bare"], out["n_copied"] = copy_ceiling(db_url, min(spec.events, 500_000))
             # -- 2b. the write path alone: same kind of rows, one connection, no MQTT
-            direct = direct_write(
+            out["direct"] = direct_write(
                 db_url, Spec(min(spec.events, 300_000), args.batch, args.agents, args.robots, base=base), 20_000
             )
             # -- 3. latency at a paced rate
@@ -459,58 +496,84 @@ def main(argv: list[str] | None = None) -> int:
             wait_inserted(collector, before + n_lat, 600)
             times = results.get(timeout=120)
             proc.join(30)
-            lat = latencies(times, commits, args.batch, lat_spec.first_seq)
-            achieved = n_lat / (times[-1][2] - times[0][2]) if len(times) > 1 else float("nan")
+            out["lat"] = latencies(times, commits, args.batch, lat_spec.first_seq)
+            out["achieved"] = n_lat / (times[-1][2] - times[0][2]) if len(times) > 1 else float("nan")
         finally:
             stop.set()
             thread.join(60)
         with psycopg.connect(db_url) as conn:
-            stored = conn.execute(f"SELECT count(*) FROM {SCHEMA}.events").fetchone()[0]  # type: ignore[index]
-            intervals = conn.execute(f"SELECT count(*) FROM {SCHEMA}.state_intervals").fetchone()[0]  # type: ignore[index]
+            out["stored"] = conn.execute(f"SELECT count(*) FROM {SCHEMA}.events").fetchone()[0]  # type: ignore[index]
+            out["intervals"] = conn.execute(f"SELECT count(*) FROM {SCHEMA}.state_intervals").fetchone()[0]  # type: ignore[index]
+        # -- 4. bytes per event on disk (compressed under TimescaleDB)
+        out["bytes"] = bytes_per_event(db_url, mode == "timescaledb")
+        out["expected"] = spec.events + n_lat
+        out["mode"] = mode
+        if profiles:
+            pstats.Stats(profiles[0]).sort_stats("cumulative").print_stats(25)
+    return out
 
+
+def report(r: dict[str, Any]) -> None:
+    lat = r["lat"]
     p50, p99 = pct(lat, 0.50), pct(lat, 0.99)
-    ratio = ingest / ceiling
+    ratio = r["ingest"] / r["copy_same"]
     print()
-    print(f"{'measure':<44} {'value':>14} {'goal':>14}  ok")
+    print(f"## {r['mode']}")
+    print(f"{'measure':<48} {'value':>12} {'goal':>12}  ok")
     print("-" * 80)
     rows = [
-        (
-            "ingest MQTT -> collector -> PostgreSQL [events/s]",
-            f"{ingest:,.0f}",
-            f">= {GOAL_EVENTS_S:,}",
-            ingest >= GOAL_EVENTS_S,
-        ),
-        ("  of which committed (intervals then lag) [ev/s]", f"{ingest_committed:,.0f}", "", None),
-        ("raw binary COPY of the same rows [rows/s]", f"{ceiling:,.0f}", "", None),
-        ("ingest / raw COPY ceiling", f"{ratio:.2f}", f">= {GOAL_CEILING_RATIO}", ratio >= GOAL_CEILING_RATIO),
-        ("staging COPY + INSERT ON CONFLICT [rows/s]", f"{keyed:,.0f}", "", None),
-        ("ingest / staging COPY + ON CONFLICT", f"{ingest / keyed:.2f}", "", None),
-        ("Writer.flush alone, 1 connection [events/s]", f"{direct:,.0f}", "", None),
-        ("ingest / Writer.flush alone", f"{ingest / direct:.2f}", "", None),
-        (
-            f"latency publish -> commit p50 at {achieved:,.0f} ev/s [s]",
-            f"{p50:.3f}",
-            f"< {GOAL_P50_S}",
-            p50 < GOAL_P50_S,
-        ),
-        (
-            f"latency publish -> commit p99 at {achieved:,.0f} ev/s [s]",
-            f"{p99:.3f}",
-            f"< {GOAL_P99_S}",
-            p99 < GOAL_P99_S,
-        ),
-    ]
+        ("ingest MQTT -> collector -> PostgreSQL [events/s]", f"{r['ingest']:,.0f}", *(
+            (f">= {GOAL_EVENTS_S:,}", r["ingest"] >= GOAL_EVENTS_S) if r["mode"] == "partitions" else ("", None))),
+        ("  of which committed (intervals then lag) [ev/s]", f"{r['ingest_committed']:,.0f}", "", None),
+        ("bare binary COPY, same events table+indexes [r/s]", f"{r['copy_same']:,.0f}", "", None),
+        ("ingest / same-table COPY", f"{ratio:.2f}", f">= {GOAL_CEILING_RATIO}", ratio >= GOAL_CEILING_RATIO),
+        ("bare binary COPY, index-free table [rows/s]", f"{r['copy_bare']:,.0f}", "", None),
+        ("Writer.flush alone, 1 connection [events/s]", f"{r['direct']:,.0f}", "", None),
+        (f"latency publish -> commit p50 at {r['achieved']:,.0f} ev/s [s]", f"{p50:.3f}", f"< {GOAL_P50_S}",
+         p50 < GOAL_P50_S),
+        (f"latency publish -> commit p99 at {r['achieved']:,.0f} ev/s [s]", f"{p99:.3f}", f"< {GOAL_P99_S}",
+         p99 < GOAL_P99_S),
+    ]  # fmt: skip
+    for kind, b in r["bytes"].items():
+        goal = f"<= {GOAL_STATE_BYTES}" if kind == "state compressed" else ""
+        rows.append((f"bytes on disk per event ({kind})", f"{b:.1f}", goal, b <= GOAL_STATE_BYTES if goal else None))
     for name, value, goal, ok in rows:
-        print(f"{name:<44} {value:>14} {goal:>14}  {'' if ok is None else ('yes' if ok else 'NO')}")
+        print(f"{name:<48} {value:>12} {goal:>12}  {'' if ok is None else ('yes' if ok else 'NO')}")
     print("-" * 80)
     print(
-        f"stored events {stored:,} (expected {spec.events + n_lat:,}), state intervals {intervals:,}, "
-        f"rows copied for the ceiling {n_copied:,}, latency samples {len(lat):,} "
+        f"stored events {r['stored']:,} (expected {r['expected']:,}), state intervals {r['intervals']:,}, "
+        f"rows copied for the ceilings {r['n_copied']:,}, latency samples {len(lat):,} "
         f"(mean {statistics.fmean(lat) if lat else float('nan'):.3f} s)"
     )
-    if profiles:
-        pstats.Stats(profiles[0]).sort_stats("cumulative").print_stats(25)
-    return 0 if stored == spec.events + n_lat else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--batch", type=int, default=500, help="events per MQTT message (the edge sends up to 500)")
+    ap.add_argument("--agents", type=int, default=50)
+    ap.add_argument("--robots", type=int, default=2000)
+    ap.add_argument("--rate", type=float, default=20_000, help="events/s of the latency phase")
+    ap.add_argument("--latency-s", type=float, default=20)
+    ap.add_argument("--writers", type=int, default=DEFAULT_WRITERS, help="database threads of the collector")
+    ap.add_argument("--profile", action="store_true", help="print a cProfile of the collector's service thread")
+    ap.add_argument("--modes", default="plain,timescaledb", help="plain and/or timescaledb (comma separated)")
+    args = ap.parse_args(argv)
+
+    print(
+        f"# bench_ingest on {platform.node()}: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+        f"{args.events:,} events in batches of {args.batch}, {args.agents} agents, {args.robots} robots, "
+        f"{args.writers} database thread(s)"
+    )
+    ok = True
+    for mode in args.modes.split(","):
+        if mode == "timescaledb" and not timescaledb_installed():
+            print("# timescaledb: not installed beside PostgreSQL (./dev bench installs it): skipped")
+            continue
+        result = run_mode(args, mode == "timescaledb")
+        report(result)
+        ok = ok and result["stored"] == result["expected"]
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -91,7 +91,10 @@ def raw_copy(url: str, schema: str, start: datetime, end: datetime) -> tuple[flo
     with connect(url, schema) as conn, conn.cursor() as cur:
         t0 = time.perf_counter()
         size = 0
-        q = "COPY (SELECT robot_id, ts, state FROM events WHERE type = 'state' AND ts >= %s AND ts < %s) TO STDOUT (FORMAT binary)"
+        q = (
+            "COPY (SELECT robot_id, ts, state FROM events WHERE type = 'state' AND ts >= %s AND ts < %s) "
+            "TO STDOUT (FORMAT binary)"
+        )
         with cur.copy(q, (start, end)) as cp:
             for block in cp:
                 size += len(block)

@@ -5,6 +5,10 @@ with the edge's uplink cut for 5, 15 and 30 minutes; at the end every generated 
 must be committed once and in order. ``--scale 0.0167`` runs the same profile in about
 a minute, to check the harness.
 
+Memory over time: the collector runs in a process of its own; the RSS of the edge agent
+(this process) and of the collector is sampled every ``--sample-s`` seconds, and the fitted
+trend over the second half must be flat (tests/memory.py).
+
     .venv/bin/python -m bench.bench_soak            # one hour
     .venv/bin/python -m bench.bench_soak --scale 0.02
 """
@@ -17,17 +21,19 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.bench_fleet import collector_process
 from robodensity.app.embedded import embedded_mosquitto, embedded_postgres
 from robodensity.edge.agent import EdgeAgent
 from robodensity.storage.db import connect, migrate
 from tests.faultproxy import FaultProxy
+from tests.memory import RssSampler
 from tests.rig import PacedSource, rig_settings, run_scenario
 
 OUTAGES_MIN = (5, 15, 30)
 HOUR_S = 3600.0
 
 
-async def profile(scale: float, rate: float) -> None:
+async def profile(scale: float, rate: float, sample_s: float) -> None:
     total_s = HOUR_S * scale
     outages = [m * 60 * scale for m in OUTAGES_MIN]
     quiet = (total_s - sum(outages)) / (len(outages) + 1)
@@ -35,7 +41,10 @@ async def profile(scale: float, rate: float) -> None:
     with embedded_postgres() as pg, embedded_mosquitto() as broker, tempfile.TemporaryDirectory() as tmp:
         migrate(pg, "soak")
         port = int(broker.rsplit(":", 1)[1])
-        with FaultProxy(port) as link:
+        sampler = RssSampler(sample_s)
+        with FaultProxy(port) as link, collector_process(pg, broker, "soak") as (collector, _stats), sampler:
+            sampler.watch("edge agent", "self")
+            sampler.watch("collector", collector.pid or 0)
 
             async def fault(agent: EdgeAgent, source: PacedSource) -> None:
                 for i, outage in enumerate(outages):
@@ -58,25 +67,32 @@ async def profile(scale: float, rate: float) -> None:
                 settings=settings,
                 edge_broker_url=f"mqtt://127.0.0.1:{link.port}",
                 timeout_s=max(120, total_s),
+                collector=False,
             )
         with connect(pg, "soak") as conn:
-            in_order = conn.execute(
+            row = conn.execute(
                 "SELECT bool_and(ok) FROM (SELECT ts >= lag(ts) OVER (PARTITION BY robot_id ORDER BY seq) "
                 "IS NOT FALSE AS ok FROM events) x"
-            ).fetchone()[0]
+            ).fetchone()
+            in_order = row[0] if row else None
     out.check()
     print(
         f"generated {out.generated}, committed {out.stored}, distinct {out.distinct}, outbox {out.backlog}, "
         f"in order per robot: {in_order}, re-sent batches {out.resent_batches}, wall {out.seconds} s"
     )
+    for name, series in sampler.series.items():
+        print(f"RSS {name}: {series.summary()}")
+    for series in sampler.series.values():
+        series.check_flat()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=1.0, help="1.0 = one hour; 0.02 = 72 s")
     parser.add_argument("--rate", type=float, default=50.0, help="events per second")
+    parser.add_argument("--sample-s", type=float, default=10.0, help="RSS sampling period")
     args = parser.parse_args()
-    asyncio.run(profile(args.scale, args.rate))
+    asyncio.run(profile(args.scale, args.rate, args.sample_s))
 
 
 if __name__ == "__main__":

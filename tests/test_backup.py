@@ -50,7 +50,7 @@ def _fingerprint(url: str, schema: str) -> dict[str, tuple[int, str]]:
 
 def _density(url: str, schema: str) -> list[tuple[object, ...]]:
     with connect(url, schema) as conn:
-        return conn.execute("SELECT * FROM density ORDER BY 1, 2, 3, 4").fetchall()
+        return conn.execute("SELECT * FROM density ORDER BY definition, 1, 2, 3, 4").fetchall()
 
 
 def test_a_restored_database_reproduces_the_same_metrics(

@@ -102,3 +102,26 @@ def test_binary_copy_out_names_a_null_column(pg_url: str, schema: str) -> None:
         with pytest.raises(ValueError, match="NULL"):
             copy_out(conn, sql.SQL("SELECT 1::int8, NULL::int8"), {}, [("a", ">i8"), ("b", ">i8")])
     assert np.dtype(">i8").itemsize == 8
+
+
+def test_metrics_compute_follow_once_brings_the_blocks_up_to_now(
+    pg_url: str, schema: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from robodensity.app.cli import app
+    from robodensity.core import clock
+
+    now = D0 + timedelta(hours=30, minutes=5)
+    with connect(pg_url, schema) as conn:
+        load_province(conn, generate(ProvinceSpec(robots=6), 5), tmp_path, 5, D0, now)
+    monkeypatch.setenv("ROBODENSITY_DATABASE__URL", pg_url)
+    args = ["metrics", "compute", "--follow", "--once", "--from", "2026-03-01", "--schema", schema]
+    with clock.frozen(now):
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "6 robots" in result.output
+    with connect(pg_url, schema) as conn:
+        assert conn.execute("SELECT done_until FROM metric_job_state").fetchone() == (now,)
+        last = conn.execute("SELECT max(bucket), count(DISTINCT robot_id) FROM robot_blocks_15m").fetchone()
+    assert last == (now - timedelta(minutes=5), 6)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import tomllib
 from collections.abc import Iterator
@@ -235,6 +236,45 @@ async def test_a_fault_is_logged_makes_its_robots_offline_and_recovers_without_a
     assert all(r.quality.value == "bad" for r in gap)
 
 
+async def test_a_controller_powered_off_leaves_an_offline_gap_in_postgres_and_the_agent_carries_on(
+    pg_url: str, broker_url: str, schema: str, tmp_path: Path
+) -> None:
+    robots = estun_robots(2, prefix="PO")
+    edge = {"agent_id": "po", "factory_id": "f-poweroff", "outbox_path": tmp_path / "o.sqlite", "batch_linger_ms": 20}
+    settings = load_settings(edge=edge, collector={"share_group": schema, "flush_ms": 20})
+    async with ModbusController(robots) as ctl:
+        ctl.set_state(robots[0].key, State.EXECUTING)
+        source = ModbusSource(cfg_for(ctl))
+        with running_collector(settings, pg_url, broker_url, schema):
+            agent = EdgeAgent(settings, broker_url, sources=[source])
+            stop = asyncio.Event()
+            task = asyncio.create_task(agent.run(stop))
+            try:
+                states = agent.stats.robot_state
+                await wait_until_async(lambda: len(states) == 2, 10, "both robots read")
+                await ctl.power_off()
+                await wait_until_async(lambda: set(states.values()) == {State.OFFLINE}, 10, "OFFLINE")
+                await ctl.power_on()
+                await wait_until_async(lambda: State.OFFLINE not in states.values(), 15, "back without a restart")
+                await wait_until_async(lambda: agent.backlog() == 0, 15, "all acknowledged")
+                assert not task.done() and source.reconnects >= 1
+            finally:
+                stop.set()
+                await task
+    with connect(pg_url, schema) as conn:
+        rows = conn.execute(
+            "SELECT r.serial, e.state FROM events e JOIN robots r USING (robot_id) ORDER BY r.serial, e.ts"
+        ).fetchall()
+    assert rows == [
+        ("PO0001", "EXECUTING"),
+        ("PO0001", "OFFLINE"),
+        ("PO0001", "EXECUTING"),
+        ("PO0002", "IDLE"),
+        ("PO0002", "OFFLINE"),
+        ("PO0002", "IDLE"),
+    ]
+
+
 # ------------------------------------------------------------------ discovery
 
 
@@ -253,6 +293,24 @@ async def test_discover_finds_each_robot_and_prints_a_settings_section_that_load
         profile, found = await discover(f"{ctl.url}?units=1-2", timeout_s=0.5)
     assert [r.serial for r in found] == [None, None]
     assert "copy it from the robot's nameplate" in settings_section(f"{ctl.url}?units=1-2", profile, found)
+
+
+def test_the_discover_command_takes_a_modbus_url_and_prints_the_section() -> None:
+    loop = asyncio.new_event_loop()
+    ctl = ModbusController(estun_robots(3))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(ctl.power_on(), loop).result(10)
+    try:
+        result = CliRunner().invoke(app, ["edge", "discover", f"{ctl.url}?profile=estun&units=1-3"])
+    finally:
+        asyncio.run_coroutine_threadsafe(ctl.power_off(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+    assert result.exit_code == 0, result.output
+    assert f'url = "{ctl.url}"' in result.output and 'serial = "NAMEPLATE-3"' in result.output
+    bad = CliRunner().invoke(app, ["edge", "discover", f"{ctl.url}?units=1-300"])
+    assert bad.exit_code == 2 and "units: '1-300' must be within 0..255" in bad.output
 
 
 # ------------------------------------------------------------------ a shift end to end

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from robodensity.app import metrics_job
+from robodensity.app import metrics_follow, metrics_job
 from robodensity.app.embedded import EmbeddedPostgres, embedded_mosquitto, embedded_postgres
 from robodensity.app.metrics_job import LOCAL_TZ
 from robodensity.app.report import density_report
@@ -124,6 +124,8 @@ def run_demo(
         stop = threading.Event()
         thread = threading.Thread(target=collector.run, args=(stop,), name="collector", daemon=True)
         thread.start()
+        following = contextlib.ExitStack()  # the 15-minute blocks follow the fleet (metrics compute --follow)
+        following.enter_context(metrics_follow.following(db_url, schema, interval_s=5.0, start=start))
         try:
             asyncio.run(
                 _fleet(
@@ -140,6 +142,7 @@ def run_demo(
                 )
             )
         finally:
+            following.close()
             stop.set()
             thread.join(30)
         step("computing metrics", 0.9)

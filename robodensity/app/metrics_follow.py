@@ -18,24 +18,27 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 import psycopg
 
 from robodensity.app.metrics_job import (
     CELLS_PER_CHUNK,
+    LOCAL_TZ,
     Meter,
     Progress,
     _at_us,
     _quiet,
     _us,
+    last_day,
     layout,
     local_midnight,
     store_chunk,
 )
 from robodensity.core import clock
 from robodensity.metrics.blocks import QUARTER_HOUR_S
+from robodensity.storage.binary_copy import CopyWriter, reader_beside
 
 _STEP_US = QUARTER_HOUR_S * 1_000_000
 
@@ -62,7 +65,7 @@ def refresh(
     """
     end = end or clock.now()
     meter = Meter(progress)
-    with conn.transaction():
+    with reader_beside(conn) as reader, conn.transaction():
         conn.execute(
             "INSERT INTO metric_job_state (done_until) VALUES (%s) ON CONFLICT DO NOTHING",
             (start or local_midnight(end),),
@@ -83,20 +86,27 @@ def refresh(
         at = np.searchsorted(ids, marked)
         since[at] = np.minimum(since[at], lo // _STEP_US * _STEP_US)
         factory_ids = [r[0] for r in conn.execute("SELECT factory_id FROM factories ORDER BY 1")]
-        for w in np.unique(since).tolist():
-            group = ids[since == w]
-            lay = layout(_at_us(w), end)
-            first = int(np.searchsorted(lay.edges, w))
-            conn.execute(
-                "DELETE FROM robot_blocks_15m WHERE robot_id = ANY(%s) AND bucket >= %s", (group.tolist(), _at_us(w))
-            )
-            conn.execute(
-                "DELETE FROM robot_blocks_daily WHERE robot_id = ANY(%s) AND day >= %s", (group.tolist(), lay.day[0])
-            )
-            per_chunk = max(1, CELLS_PER_CHUNK // (len(lay.edges) - 1))
-            for i in range(0, len(group), per_chunk):
-                meter.add(store_chunk(conn, group[i : i + per_chunk], lay, first, _at_us(w), end, factory_ids))
-                meter("refreshing blocks", 0.0)
+        with CopyWriter(conn) as writer:
+            for w in np.unique(since).tolist():
+                group = ids[since == w]
+                lay = layout(_at_us(w), end)
+                first = int(np.searchsorted(lay.edges, w))
+                writer.wait()
+                conn.execute(
+                    "DELETE FROM robot_blocks_15m WHERE robot_id = ANY(%s) AND bucket >= %s",
+                    (group.tolist(), _at_us(w)),
+                )
+                conn.execute(
+                    "DELETE FROM robot_blocks_daily WHERE robot_id = ANY(%s) AND day >= %s",
+                    (group.tolist(), lay.day[0]),
+                )
+                per_chunk = max(1, CELLS_PER_CHUNK // (len(lay.edges) - 1))
+                for i in range(0, len(group), per_chunk):
+                    sub = group[i : i + per_chunk]
+                    meter.add(store_chunk(reader, writer, sub, lay, first, _at_us(w), end, factory_ids))
+                    meter("refreshing blocks", 0.0)
+        days = (_at_us(int(since.min())).astimezone(LOCAL_TZ).date(), last_day(end) + timedelta(days=1))
+        conn.execute("SELECT refresh_region_daily(%s, %s)", days)  # region x day aggregates (migration 050)
         conn.execute("UPDATE metric_job_state SET done_until = %s", (end,))
     meter("refreshed", 1.0)
     return Refreshed(

@@ -36,7 +36,16 @@ from robodensity.core.settings import DEFAULT_TIMEZONE
 from robodensity.metrics.blocks import COLUMNS, Blocks, quarter_hour_edges, robot_blocks
 from robodensity.metrics.state_time import group_at, seconds_in_state
 from robodensity.metrics.states import EXECUTING, N_STATES, STATES
-from robodensity.storage.binary_copy import PG_EPOCH_DAYS, PG_EPOCH_US, copy_in, copy_out, pack, text_dtype
+from robodensity.storage.binary_copy import (
+    PG_EPOCH_DAYS,
+    PG_EPOCH_US,
+    CopyWriter,
+    copy_out,
+    copy_out_arrays,
+    pack,
+    reader_beside,
+    text_dtype,
+)
 
 LOCAL_TZ = ZoneInfo(DEFAULT_TIMEZONE)
 """Days of the daily blocks and of density periods are those of China Standard Time."""
@@ -144,24 +153,19 @@ WITH seed AS (   -- each robot's state at the window's start
   ) f
   WHERE s.state = 'FAULT'
 )
-SELECT robot_id, ts, {} FROM ev ORDER BY robot_id, ts, seq
+SELECT robot_id, array_agg(ts ORDER BY ts, seq), array_agg({} ORDER BY ts, seq) FROM ev GROUP BY 1 ORDER BY 1
 """).format(_STATE_CODE)
 
 
 def load_state_events(conn: psycopg.Connection, ids: np.ndarray, start: datetime, end: datetime) -> StateEvents:
     """State events of robots ``ids`` in [start, end), each robot's last one before start and,
     when that is a FAULT, the first event of its run; sorted by robot, time, seq. One binary
-    COPY into arrays, no Python object per event."""
-    rows = copy_out(
-        conn,
-        _EVENTS_SQL,
-        {"ids": ids.tolist(), "s": start, "e": end},
-        [("robot_id", ">i8"), ("ts", ">i8"), ("state", ">i2")],
+    COPY of one row per robot (its events as arrays) into numpy: no Python object per event."""
+    robots, (ts, state), counts = copy_out_arrays(
+        conn, _EVENTS_SQL, {"ids": ids.tolist(), "s": start, "e": end}, ">i8", [">i8", ">i2"]
     )
     return StateEvents(
-        rows["robot_id"].astype(np.int64),
-        rows["ts"].astype(np.int64) + PG_EPOCH_US,
-        rows["state"].astype(np.int8),
+        np.repeat(robots.astype(np.int64), counts), ts.astype(np.int64) + PG_EPOCH_US, state.astype(np.int8)
     )
 
 
@@ -271,17 +275,16 @@ def _join(a: Blocks, b: Blocks) -> Blocks:
     )
 
 
-def write_blocks(
-    conn: psycopg.Connection,
-    table: str,
+def pack_blocks(
     key: str,
     robot_id: np.ndarray,
     blocks: Blocks,
     keys: np.ndarray,
     factory: np.ndarray,
     factory_ids: list[str],
-) -> int:
-    """Append ``blocks`` with covered time to ``table`` with one binary COPY; returns the rows.
+) -> tuple[list[bytes], int]:
+    """Binary COPY data of the rows of ``blocks`` with covered time (columns :func:`block_columns`);
+    returns the parts and the rows.
 
     ``keys``: each bucket's key as the wire carries it (timestamptz: µs, date: days since
     2000-01-01); ``factory``: index into ``factory_ids`` per robot and bucket (-1: NULL). Rows
@@ -307,8 +310,12 @@ def write_blocks(
         ]
         columns += [(c, t, cols[lo:hi, j]) for j, (c, t) in enumerate(zip(COLUMNS, _BLOCK_TYPES, strict=True))]
         parts.append(pack(hi - lo, columns))
-    copy_in(conn, table, ["robot_id", key, "factory_id", *COLUMNS], parts)
-    return len(robot)
+    return parts, len(robot)
+
+
+def block_columns(key: str) -> list[str]:
+    """The columns of a blocks table whose bucket column is ``key``."""
+    return ["robot_id", key, "factory_id", *COLUMNS]
 
 
 def _wire_keys(lay: Layout) -> tuple[np.ndarray, np.ndarray]:
@@ -329,7 +336,8 @@ class Chunk:
 
 
 def store_chunk(
-    conn: psycopg.Connection,
+    reader: psycopg.Connection,
+    writer: CopyWriter,
     ids: np.ndarray,
     lay: Layout,
     first: int,
@@ -337,32 +345,28 @@ def store_chunk(
     end: datetime,
     factory_ids: list[str],
 ) -> Chunk:
-    """Compute the blocks of robots ``ids`` (sorted) and append them from 15-minute bucket
-    ``first`` of ``lay`` on, and their daily blocks of every day of ``lay``.
+    """Compute the blocks of robots ``ids`` (sorted) from 15-minute bucket ``first`` of ``lay``
+    on, and their daily blocks of every day of ``lay``, and hand them to ``writer``.
 
     The 15-minute blocks before bucket ``first`` are read back from the table, so each day's
     block is the sum of all its 15-minute blocks exactly as when the whole day is computed.
-    Events are loaded from ``load_from`` (at or before ``lay.edges[first]``). The caller has
-    deleted the rows these replace.
+    Events are loaded from ``load_from`` (at or before ``lay.edges[first]``) with ``reader``.
+    The writer's transaction has deleted the rows these replace.
     """
-    ev = load_state_events(conn, ids, load_from, end)
+    ev = load_state_events(reader, ids, load_from, end)
     ridx = np.searchsorted(ids, ev.robot_id)
-    factory = factories_by_day(conn, ids, factory_ids, lay.day)
+    factory = factories_by_day(reader, ids, factory_ids, lay.day)
     fresh = robot_blocks(ridx, ev.ts_us, ev.state, len(ids), lay.edges[first:])
-    fresh = shift_plan.apply(conn, fresh, factory[:, lay.quarter_day[first:]], factory_ids)  # planned_s: calendars
-    quarter = fresh if first == 0 else _join(stored_quarters(conn, ids, lay.edges[: first + 1]), fresh)
+    fresh = shift_plan.apply(reader, fresh, factory[:, lay.quarter_day[first:]], factory_ids)  # planned_s: calendars
+    quarter = fresh if first == 0 else _join(stored_quarters(reader, ids, lay.edges[: first + 1]), fresh)
     bucket_keys, day_keys = _wire_keys(lay)
-    rows = write_blocks(
-        conn,
-        "robot_blocks_15m",
-        "bucket",
-        ids,
-        fresh,
-        bucket_keys[first:],
-        factory[:, lay.quarter_day[first:]],
-        factory_ids,
+    quarters, rows = pack_blocks(
+        "bucket", ids, fresh, bucket_keys[first:], factory[:, lay.quarter_day[first:]], factory_ids
     )
-    write_blocks(conn, "robot_blocks_daily", "day", ids, quarter.merge(lay.day_starts), day_keys, factory, factory_ids)
+    days, _ = pack_blocks("day", ids, quarter.merge(lay.day_starts), day_keys, factory, factory_ids)
+    writer.put(
+        [("robot_blocks_15m", block_columns("bucket"), quarters), ("robot_blocks_daily", block_columns("day"), days)]
+    )
     return Chunk(ids, quarter, factory, StateEvents(ridx, ev.ts_us, ev.state), rows)
 
 
@@ -400,18 +404,25 @@ class Meter:
 
 
 def store_blocks(
-    conn: psycopg.Connection, fleet: Fleet, start: datetime, end: datetime, verify_from: datetime, meter: Meter
+    conn: psycopg.Connection,
+    reader: psycopg.Connection,
+    fleet: Fleet,
+    start: datetime,
+    end: datetime,
+    verify_from: datetime,
+    meter: Meter,
 ) -> tuple[PeriodTotals, np.ndarray]:
     """Compute the blocks of every robot with events or in operation over the local days of
     [start, end) and replace the stored ones with them; return the period's totals and, per
     robot of ``fleet``, whether it was EXECUTING in [verify_from, end).
 
     Robots go in chunks of at most :data:`CELLS_PER_CHUNK` robot-buckets, one load of events
-    each. Only (robot, bucket) pairs with covered time are stored: elsewhere every column is 0.
+    each, read with ``reader`` while ``conn`` (its transaction) writes the chunk before. Only
+    (robot, bucket) pairs with covered time are stored: elsewhere every column is 0.
     """
     lay = layout(start, end)
     load_from = min(_at_us(lay.edges[0]), verify_from)
-    ids = np.union1d(robots_with_events(conn), fleet.robot_id)
+    ids = np.union1d(robots_with_events(reader), fleet.robot_id)
     robot_seconds = np.zeros((len(ids), N_STATES))
     factory_seconds = np.zeros((len(fleet.factory_id), N_STATES))
     worked = np.zeros(len(fleet.robot_id), dtype=bool)
@@ -419,23 +430,24 @@ def store_blocks(
     with conn.transaction():
         conn.execute("DELETE FROM robot_blocks_15m WHERE bucket >= %s AND bucket < %s", (_at_us(lay.edges[0]), end))
         conn.execute("DELETE FROM robot_blocks_daily WHERE day >= %s AND day <= %s", (lay.day[0], lay.day[-1]))
-        for lo in range(0, len(ids), per_chunk):
-            sub = ids[lo : lo + per_chunk]
-            chunk = store_chunk(conn, sub, lay, 0, load_from, end, fleet.factory_id)
-            seconds = chunk.quarter.seconds[:, lay.in_period]
-            robot_seconds[lo : lo + per_chunk] = seconds.sum(axis=1)
-            fac = chunk.factory[:, lay.quarter_day[lay.in_period]]
-            keep = fac >= 0
-            for s in range(N_STATES):
-                factory_seconds[:, s] += np.bincount(
-                    fac[keep], weights=seconds[..., s][keep], minlength=len(fleet.factory_id)
-                )
-            mine = np.flatnonzero(np.isin(fleet.robot_id, sub))
-            ev = chunk.events
-            verify = seconds_in_state(ev.robot_id, ev.ts_us, ev.state, len(sub), _us(verify_from), _us(end))
-            worked[mine] = verify[np.searchsorted(sub, fleet.robot_id[mine]), 0, EXECUTING] > 0
-            meter.add(chunk)
-            meter("blocks", min(lo + per_chunk, len(ids)) / max(len(ids), 1))
+        with CopyWriter(conn) as writer:
+            for lo in range(0, len(ids), per_chunk):
+                sub = ids[lo : lo + per_chunk]
+                chunk = store_chunk(reader, writer, sub, lay, 0, load_from, end, fleet.factory_id)
+                seconds = chunk.quarter.seconds[:, lay.in_period]
+                robot_seconds[lo : lo + per_chunk] = seconds.sum(axis=1)
+                fac = chunk.factory[:, lay.quarter_day[lay.in_period]]
+                keep = fac >= 0
+                for s in range(N_STATES):
+                    factory_seconds[:, s] += np.bincount(
+                        fac[keep], weights=seconds[..., s][keep], minlength=len(fleet.factory_id)
+                    )
+                mine = np.flatnonzero(np.isin(fleet.robot_id, sub))
+                ev = chunk.events
+                verify = seconds_in_state(ev.robot_id, ev.ts_us, ev.state, len(sub), _us(verify_from), _us(end))
+                worked[mine] = verify[np.searchsorted(sub, fleet.robot_id[mine]), 0, EXECUTING] > 0
+                meter.add(chunk)
+                meter("blocks", min(lo + per_chunk, len(ids)) / max(len(ids), 1))
     return PeriodTotals(ids, robot_seconds, factory_seconds), worked
 
 
@@ -443,8 +455,9 @@ def compute(conn: psycopg.Connection, start: datetime, end: datetime, progress: 
     """Compute and store the blocks and the densities of [start, end); returns density rows written."""
     meter = Meter(progress)
     meter("loading registry", 0.0)
-    fleet = load_fleet(conn, last_day(end))
-    totals, worked = store_blocks(conn, fleet, start, end, min(start, end - ACTIVE_WINDOW), meter)
+    with reader_beside(conn) as reader:
+        fleet = load_fleet(reader, last_day(end))
+        totals, worked = store_blocks(conn, reader, fleet, start, end, min(start, end - ACTIVE_WINDOW), meter)
     days = (start.astimezone(LOCAL_TZ).date(), last_day(end) + timedelta(days=1))
     conn.execute("SELECT refresh_region_daily(%s, %s)", days)  # region x day aggregates (migration 050)
     meter("computing densities", 1.0)

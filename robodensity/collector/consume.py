@@ -42,7 +42,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 
 from robodensity.collector.lanes import FairQueue
-from robodensity.collector.validate import Incoming
+from robodensity.collector.validate import Incoming, Rejected
 from robodensity.collector.write import Committed, Prepared, Writer, ack_payloads
 from robodensity.core import clock, wire
 from robodensity.core.errors import DatabaseError
@@ -122,6 +122,7 @@ class Collector:
         self._dirty = threading.Event()
         """Set when a commit marked robots for the interval stage (and at start: a previous run's marks)."""
         self._dirty.set()
+        self._refused_versions: set[tuple[str, str, str]] = set()
         self._last_commit = threading.Event()
         """Set once every database thread has written its last batch: the interval stage's final pass."""
         client_id = self.cfg.client_id or f"collector-{uuid.uuid4().hex[:8]}"
@@ -270,7 +271,21 @@ class Collector:
         for lane, fifo in zip(self._lanes, waiting):
             if self._ready(lane, fifo, draining):
                 items = fifo.take(budget, max(1, int(budget * AGENT_SHARE)))
-                self._hand_over(lane, Writer.prepare(items))
+                prepared = Writer.prepare(items)
+                self._refuse_versions(prepared.rejected)
+                self._hand_over(lane, prepared)
+
+    def _refuse_versions(self, rejected: list[Rejected]) -> None:
+        """A batch of another wire version is dead-lettered (naming both versions) and never
+        acknowledged, so its events wait in the agent's outbox; the agent is told on its ack
+        topic, and the log says it once per agent and version."""
+        for r in rejected:
+            if r.field != "v" or r.agent is None or r.factory is None:
+                continue
+            self.client.publish(wire.ack_topic(r.factory, r.agent), wire.encode_refusal(r.agent, r.reason), qos=1)
+            if (r.factory, r.agent, r.reason) not in self._refused_versions:
+                self._refused_versions.add((r.factory, r.agent, r.reason))
+                log.error("agent %s/%s refused: %s; upgrade one side", r.factory, r.agent, r.reason)
 
     def _wait_s(self, waiting: list[FairQueue]) -> float:
         """How long the service thread may wait for new messages before a batch is due."""

@@ -49,20 +49,30 @@ class Split:
 
 def split(rows: Iterable[Row], settled: dict[str, Settled]) -> Split:
     out = Split()
-    first: dict[tuple[str, int], Row] = {}
+    # The usual flush: each agent's seqs rise beyond everything settled, so a row is new when its
+    # seq exceeds the agent's floor (the highest seq settled or new so far). The first row that
+    # does not switches to looking every row up in ``first``.
+    floor: dict[str, int] = {a: s.top - 1 for a, s in settled.items()}
+    first: dict[tuple[str, int], Row] | None = None
     none = Settled(())
     for row in rows:
-        key = (row[0], row[1])
-        seen = first.get(key)
+        agent, seq = row[0], row[1]
+        if first is None:
+            if seq > floor.get(agent, 0):
+                floor[agent] = seq
+                out.new.append(row)
+                continue
+            first = {(r[0], r[1]): r for r in out.new}
+        seen = first.get((agent, seq))
         if seen is not None:
             if same_event(seen[2:], row[2:]):
                 out.duplicates += 1
             else:
                 out.conflicts.append(row)
-        elif row[1] in settled.get(row[0], none):
+        elif seq in settled.get(agent, none):
             out.repeats.append(row)
         else:
-            first[key] = row
+            first[(agent, seq)] = row
             out.new.append(row)
     return out
 

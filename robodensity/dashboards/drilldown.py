@@ -38,7 +38,7 @@ CHILD_TABLE = f"""\
     SELECT d.region_code AS code, d.region_name AS "名称", d.region_name_en AS name, d.robot_count,
            d.employee_count, d.robot_density, d.verified_density, d.target,
            d.robot_density / NULLIF(d.target, 0) AS target_progress, d.reporting_count, d.coverage,
-           d.domestic_share, d.utilisation
+           d.domestic_share, d.utilisation, d.definition, d.denominator_source, d.vintage, d.target_definition
     FROM v_density d JOIN p USING (period_start, period_end)
     WHERE (d.region_code = '$region' OR d.parent_code = '$region') AND d.industry_code = '$industry'
     ORDER BY d.level, d.region_code"""

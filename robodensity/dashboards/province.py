@@ -71,7 +71,8 @@ CITY_TABLE = f"""\
     SELECT d.region_code AS code, d.region_name AS "城市", d.region_name_en AS city,
            d.robot_count, d.employee_count, d.robot_density, d.verified_density, d.target,
            d.robot_density / NULLIF(d.target, 0) AS target_progress,
-           d.coverage, d.domestic_share, d.utilisation
+           d.coverage, d.domestic_share, d.utilisation, d.definition, d.denominator_source, d.vintage,
+           d.target_definition
     FROM v_density d JOIN p USING (period_start, period_end)
     WHERE d.parent_code = '$region' AND d.industry_code = '*'
     ORDER BY d.region_code"""

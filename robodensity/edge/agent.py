@@ -169,6 +169,7 @@ class EdgeAgent:
             "refused_publishes_total": s.refused_publishes,
             "uplink_reconnects_total": up.reconnects if up else 0,
             "uplink_connected": float(bool(up and up.connected.is_set())),
+            "uplink_wire_version_mismatch": float(bool(up and up.version_mismatch)),
             "outbox_bytes": size,
             "outbox_dropped_counters_total": self.outbox.dropped_counters,
             "outbox_disk_full": float(self.outbox.disk_full),

@@ -25,6 +25,7 @@ HELP = {
     "refused_publishes_total": "Uplink messages the broker refused (ACL).",
     "uplink_reconnects_total": "Times the uplink connection was lost.",
     "uplink_connected": "1 when connected to the central broker.",
+    "uplink_wire_version_mismatch": "1 while the collector refuses this agent's wire version (or acks in another).",
     "outbox_bytes": "Disk used by the outbox.",
     "outbox_dropped_counters_total": "Counter events dropped because the outbox was full.",
     "outbox_disk_full": "1 while the outbox's filesystem is full (counters dropped, state changes held).",

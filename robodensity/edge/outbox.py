@@ -110,8 +110,7 @@ class Outbox:
             self._reserve.unlink(missing_ok=True)
 
     def _full(self, exc: sqlite3.Error, what: str) -> None:
-        """The filesystem is full: release the reserve; say so once, until space is back."""
-        self._reserve.unlink(missing_ok=True)
+        """The filesystem is full: say so once, until space is back."""
         if not self.disk_full:
             log.error(
                 "outbox %s: the disk is full (%s failed: %s); dropping the oldest counters, keeping every "
@@ -183,7 +182,7 @@ class Outbox:
             self._rollback()
             return 0
         self.dropped_counters += cur.rowcount
-        if cur.rowcount:
+        if cur.rowcount and not self.disk_full:  # a full disk is said once (and counted in the gauge)
             log.error("outbox full: dropped %d oldest counter event(s) to keep state changes", cur.rowcount)
         return cur.rowcount
 
@@ -201,8 +200,10 @@ class Outbox:
             if not _disk_full(exc):
                 raise
             self._full(exc, "storing readings")
-            self._checkpoint()  # the WAL's pages into the file, the WAL file truncated: its space back
+            self._reserve.unlink(missing_ok=True)  # room for the checkpoint, not for more WAL
+            self._checkpoint()  # the WAL's pages into the file, the WAL truncated: its space back
             self._drop_counters(max(1, len(batch)) * 4)
+            self._checkpoint()  # the freed pages into the file: inserts reuse them, nothing grows
             keep = [r for r in batch if r.type is not EventType.COUNTER]
             try:
                 seqs = self._insert(keep)
@@ -211,6 +212,8 @@ class Outbox:
                     raise
                 raise OutboxFull(f"outbox {self.path}: the disk is full, {len(keep)} state change(s) wait") from None
             self.refused += len(batch) - len(keep)
+            self._checkpoint()
+            self._make_reserve()  # for the next time, if the truncated WAL left room for it
         self._written()
         return seqs
 

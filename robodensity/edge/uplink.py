@@ -2,7 +2,9 @@
 
 Persistent session (clean_start false, session expiry from settings), QoS 1, a
 retained status message ("online") with a last will ("offline"). Acks from the
-collector arrive on the agent's ack topic and are handed to the event loop. A publish
+collector arrive on the agent's ack topic and are handed to the event loop; an ack of
+another wire version, or the collector's refusal of ours, is logged once (naming both
+versions) and shown as the health gauge uplink_wire_version_mismatch. A publish
 the broker refuses (an MQTT 5 reason code such as 135 Not authorized) is counted and
 logged as an error, and its events stay in the outbox.
 """
@@ -43,6 +45,8 @@ class Uplink:
         self.connected = threading.Event()
         self.reconnects = 0
         self.refused = 0
+        self.version_mismatch: str | None = None
+        """Why the last ack could not be read as this agent's wire version (None when it could)."""
         self._stopping = False
         self.client = make_client(settings.broker, broker_url, f"edge-{self.factory}-{self.agent}")
         status = wire.status_topic(self.factory, self.agent)
@@ -89,8 +93,14 @@ class Uplink:
         try:
             ack = wire.decode_ack(bytes(msg.payload))
         except wire.WireError as exc:
-            log.error("ignoring a malformed ack on %s: %s", msg.topic, exc)
+            if exc.field != "v":
+                log.error("ignoring a malformed ack on %s: %s", msg.topic, exc)
+            elif self.version_mismatch != exc.reason:  # said once, not at every re-send
+                log.error("wire version mismatch on %s: %s; the events stay in the outbox", msg.topic, exc.reason)
+            if exc.field == "v":
+                self.version_mismatch = exc.reason
             return
+        self.version_mismatch = None
         self.loop.call_soon_threadsafe(self.on_ack, ack)
 
     def _on_publish(self, _c: mqtt.Client, _u: object, mid: int, reason: object, _p: object) -> None:

@@ -109,6 +109,8 @@ class RwsController:
         await self.power_off()
 
     async def power_on(self) -> None:
+        with self._lock:
+            self.sessions.clear()  # a controller boots with none (a request caught in the power-off made one)
         self._ws = await serve(
             self._ws_handler,
             "127.0.0.1",
@@ -341,6 +343,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _session(self) -> str | None:
         c = self.controller
+        if self.server is not c._http:  # a connection of the controller before it was switched off
+            self.close_connection = True
+            return None
         c.requests += 1
         if c.delay_s:
             time.sleep(c.delay_s)

@@ -7,7 +7,9 @@ in its own transaction, recorded in ``schema_migrations``.
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from dataclasses import dataclass
 from importlib import resources
 
@@ -18,6 +20,7 @@ from robodensity.core import clock
 from robodensity.core.errors import DatabaseError
 from robodensity.storage.audit import ACTOR_SETTING, actor
 
+log = logging.getLogger(__name__)
 DEFAULT_SCHEMA = "robodensity"
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MIGRATION_RE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
@@ -79,14 +82,21 @@ def migrate(url: str, schema: str = DEFAULT_SCHEMA) -> list[Migration]:
         for m in migrations():
             # A TimescaleDB policy job locks a hypertable's chunks before the hypertable, DDL the
             # other way round: a deadlock rolls the migration back, and it is simply run again.
+            # A lock not granted within LOCK_TIMEOUT (a long report holds the table) rolls it back
+            # too: waiting longer would queue every collector's writes behind the migration.
             for attempt in range(1, MIGRATION_TRIES + 1):
                 try:
                     if _apply(conn, schema, m):
                         applied.append(m)
                     break
-                except psycopg.errors.DeadlockDetected as exc:
+                except (psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable) as exc:
                     if attempt == MIGRATION_TRIES:
-                        raise DatabaseError(f"migration {m.version:03d}_{m.name} failed: {_first_line(exc)}") from None
+                        raise DatabaseError(
+                            f"migration {m.version:03d}_{m.name} failed {attempt} times: {_first_line(exc)} "
+                            "(a long transaction holds a table it changes: see pg_stat_activity)"
+                        ) from None
+                    log.warning("migration %03d_%s: %s; trying again", m.version, m.name, _first_line(exc))
+                    time.sleep(min(0.1 * attempt, 2.0))  # the writers queued behind it go first
         # Objects of every migration (also later ones, such as the dashboards' views) go to the
         # schema's owner role and get the grants of collector/migrations/008_roles.sql.
         if _scalar(conn, "SELECT to_regprocedure(%s)", f"{schema}.apply_roles()"):
@@ -98,7 +108,10 @@ def migrate(url: str, schema: str = DEFAULT_SCHEMA) -> list[Migration]:
     return applied
 
 
-MIGRATION_TRIES = 5
+MIGRATION_TRIES = 30
+LOCK_TIMEOUT = "1s"
+"""How long a migration's statement waits for a lock before the migration is rolled back and
+tried again: while it waits, every write to that table waits behind it."""
 
 
 def _apply(conn: psycopg.Connection, schema: str, m: Migration) -> bool:
@@ -108,9 +121,10 @@ def _apply(conn: psycopg.Connection, schema: str, m: Migration) -> bool:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (schema,))
         if conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (m.version,)).fetchone():
             return False
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
         try:
             conn.execute(m.sql.encode())
-        except psycopg.errors.DeadlockDetected:
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable):
             raise
         except psycopg.Error as exc:
             raise DatabaseError(f"migration {m.version:03d}_{m.name} failed: {_first_line(exc)}") from None

@@ -12,6 +12,7 @@ from robodensity.app.cli.common import ConfigOpt, LogFormatOpt, VerboseOpt, brok
 from robodensity.app.cli.edge_modbus import profile_app
 from robodensity.core.errors import ConfigError
 from robodensity.core.settings import load_settings
+from robodensity.core.settings_secrets import warn_readable_by_others
 
 app = typer.Typer(help="The edge agent a factory runs on its gateway PC.", no_args_is_help=True)
 app.add_typer(profile_app, name="profile")
@@ -28,6 +29,7 @@ def edge_run(config: Path | None = ConfigOpt, verbose: bool = VerboseOpt, log_fo
 
     setup_logging(verbose, log_format)
     settings = load_settings(config)
+    warn_readable_by_others(settings, config)  # one line naming the files, if any
     agent = EdgeAgent(settings, broker_url(settings))
     if not agent.sources:
         raise ConfigError("edge: no sources configured: add [[edge.opcua]] or [[edge.mqtt_json]] sections")

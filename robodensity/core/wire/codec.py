@@ -68,6 +68,7 @@ __all__ = [
     "decode_rows",
     "encode_ack",
     "encode_batch",
+    "encode_refusal",
     "event_body",
     "event_to_dict",
     "event_to_row",
@@ -195,8 +196,19 @@ def encode_ack(ack: Ack) -> bytes:
 # ---------------------------------------------------------------- the reference decoder
 
 
+def encode_refusal(agent: str, reason: str) -> bytes:
+    """The collector's answer on an agent's ack topic to a batch it cannot read (another version)."""
+    return _dumps({"v": VERSION, "agent": agent, "refused": reason, "speaks": [VERSION]}).encode()
+
+
 def decode_ack(payload: bytes) -> Ack:
+    """An ack of this contract version; WireError("v", ...) naming both versions for a refusal
+    or an ack of another version (never read as one of ours)."""
     doc = _load_object(payload)
+    if "refused" in doc:
+        raise WireError("v", f"the collector refused our batches ({doc['refused']}); it speaks {doc.get('speaks')}")
+    if doc.get("v") != VERSION:
+        raise WireError("v", f"an ack of wire version {doc.get('v')!r}; this agent speaks {VERSION}")
     agent = check_ident("agent", doc.get("agent"))
     ranges = doc.get("ranges", [])
     if not isinstance(ranges, list) or not all(

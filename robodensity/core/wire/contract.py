@@ -57,7 +57,14 @@ __all__ = [
 ]
 
 VERSION = 1
-TOPIC_ROOT = f"robodensity/v{VERSION}"
+"""The payload's contract version, in every batch and ack as ``"v"``. A collector refuses a
+batch of another version by name (a dead letter naming both versions, the batch not
+acknowledged, a refusal on the agent's ack topic); an agent ignores an ack of another
+version and says so. Neither side ever reads one version as another."""
+TOPIC_ROOT = "robodensity/v1"
+"""The topic layout's version: it stays when VERSION moves on, so that collectors and agents
+of different payload versions still reach each other and refuse clearly instead of silently
+publishing where nobody listens."""
 
 # ---------------------------------------------------------------- limits
 MAX_PAYLOAD_BYTES = 1_048_576

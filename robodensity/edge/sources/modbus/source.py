@@ -129,7 +129,7 @@ class ModbusSource:
                 if self._down:
                     log.info("modbus %s: connected again; polling %d robot(s)", cfg.url, len(self.robots))
                     self._down = False
-                backoff = 1.0
+                next_at = time.monotonic()  # an outage is not a late poll
             answered, why = 0, ""
             for robot in self.robots:
                 try:
@@ -148,9 +148,10 @@ class ModbusSource:
                 self._client.close()
                 for reading in self._lost(f"no unit answered ({why or 'no robot to poll'})", backoff):
                     yield reading
-                await asyncio.sleep(backoff)
+                await asyncio.sleep(backoff * (1 + self._rng.uniform(-cfg.jitter, cfg.jitter)))
                 backoff = min(backoff * 2, cfg.reconnect_max_s)
                 continue
+            backoff = 1.0  # a unit answered: the next outage starts from 1 s again
             next_at += cfg.poll_interval_s * (1 + self._rng.uniform(-cfg.jitter, cfg.jitter))
             delay = next_at - time.monotonic()
             if delay < 0:
