@@ -16,7 +16,7 @@ from robodensity.core.settings import MqttJsonSourceSettings, Settings, load_set
 from robodensity.core.wire import Reading
 from robodensity.simulators.mqtt_robot import topic_for
 from robodensity.simulators.province import CitySpec, Province, ProvinceSpec, generate, write_registry_csv
-from robodensity.storage.db import connect
+from robodensity.storage.db import connect, migrations
 from robodensity.storage.registry import import_registry
 
 
@@ -114,3 +114,17 @@ async def collect_until(
     except TimeoutError:
         pytest.fail(f"condition not met within {timeout}s; got {len(got)} readings: {got[-5:]}")
     return got
+
+
+def migrate_through(pg_url: str, schema: str, last: int) -> None:
+    """Create ``schema`` as migrations up to ``last`` left it: where a migration's test starts."""
+    with connect(pg_url, schema, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
+            "applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for m in migrations():
+            if m.version <= last:
+                conn.execute(m.sql.encode())
+                conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (m.version, m.name))

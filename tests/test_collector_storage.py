@@ -23,8 +23,8 @@ from robodensity.core import wire
 from robodensity.core.settings import load_settings
 from robodensity.core.wire import Batch, Counter, Event, Reading, RobotId, State, decode_rows, event_to_row
 from robodensity.storage import rollups
-from robodensity.storage.db import connect, drop_schema, migrate, migrations
-from tests.helpers import running_collector, wait_until
+from robodensity.storage.db import connect, drop_schema, migrate
+from tests.helpers import migrate_through, running_collector, wait_until
 
 pytestmark = pytest.mark.storage_modes
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -162,16 +162,8 @@ def test_a_payload_that_breaks_the_decoder_itself_is_a_dead_letter(writer: Write
 def test_migrations_keep_events_stored_before_partitioning(pg_url: str, storage_mode: str) -> None:
     schema = f"t_old_{random.randrange(16**8):08x}"
     try:
+        migrate_through(pg_url, schema, 3)
         with connect(pg_url, schema, autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {schema}")
-            conn.execute(
-                "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
-                "applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            for m in migrations():
-                if m.version <= 3:
-                    conn.execute(m.sql.encode())
-                    conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (m.version, m.name))
             conn.execute("INSERT INTO robots (manufacturer, serial) VALUES ('KUKA', 'S1')")
             conn.execute(
                 "INSERT INTO events (agent_id, seq, robot_id, factory_id, ts, type, state) "

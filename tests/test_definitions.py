@@ -399,3 +399,28 @@ def test_bulletin_states_definition_source_vintage_and_coverage_in_both_language
     text = subprocess.run([_poppler("pdftotext"), str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     flat = " ".join(text.split())
     assert "其他口径 Other definitions" in flat and "definition: official-key-manufacturing" in flat
+
+
+def test_a_workbook_carries_statistics_and_key_industries_together(loaded: Loaded) -> None:
+    from openpyxl import Workbook
+
+    book = Workbook()
+    emp = book.active
+    assert emp is not None
+    emp.title = "employment"
+    emp.append(["region", "industry", "year", "employees", "source", "vintage", "firms"])
+    emp.append(["320500", "*", 2023, 900, "苏州统计年鉴", "2024, table 3-1", "above_designated_size"])
+    key = book.create_sheet("key_industries")
+    key.append(["region_code", "industry_code", "source"])
+    key.append(["320500", "C36", "Suzhou action plan"])
+    book.create_sheet("notes").append(["ignored"])
+    path = loaded.folder / "suzhou.xlsx"
+    book.save(path)
+    with connect(loaded.url, loaded.schema) as conn:
+        assert import_statistics(conn, path) == {"employment": 1, "key_industries": 1}
+        assert conn.execute(
+            "SELECT firms, employees FROM employment_statistics WHERE region_code = '320500' AND year = 2023"
+        ).fetchone() == ("above_designated_size", 900)
+        conn.execute("DELETE FROM key_industries")  # leave the module's province as the other tests expect it
+        conn.execute("DELETE FROM employment_statistics WHERE year = 2023")
+        conn.commit()

@@ -17,8 +17,8 @@ from robodensity.collector.validate import Incoming
 from robodensity.collector.write import Committed, Writer
 from robodensity.core import clock, wire
 from robodensity.core.wire import Batch, Event, Reading, RobotId, State
-from robodensity.storage.db import connect, drop_schema, migrate, migrations
-from tests.helpers import wait_until
+from robodensity.storage.db import connect, drop_schema, migrate
+from tests.helpers import migrate_through, wait_until
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 ROBOT = RobotId("KUKA", "S1")
@@ -42,6 +42,9 @@ def test_a_flush_splits_into_new_repeats_duplicates_and_conflicts() -> None:
     assert [r[1] for r in out.repeats] == [3, 7]
     assert out.duplicates == 1 and out.conflicts == [("a", 5, "y")]
     assert 0 not in Settled([(1, 4)]) and 8 not in Settled([(1, 4), (9, 10)])
+    shuffled = split([("c", 5, "x"), ("c", 3, "x"), ("c", 5, "x"), ("c", 6, "x"), ("c", 3, "z")], {})
+    assert [r[1] for r in shuffled.new] == [5, 3, 6] and shuffled.duplicates == 1
+    assert shuffled.conflicts == [("c", 3, "z")] and shuffled.repeats == []
     assert multirange_text([7, 1, 2, 3, 3]) == "{[1,4),[7,8)}" and multirange_text([]) == "{}"
 
 
@@ -50,16 +53,8 @@ def before_ranges(pg_url: str) -> Iterator[str]:
     """A schema at migration 015 with event keys, a gap, a dead letter and an agent without a row."""
     name = f"t_rng_{uuid.uuid4().hex[:10]}"
     try:
+        migrate_through(pg_url, name, 19)
         with connect(pg_url, name, autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {name}")
-            conn.execute(
-                "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
-                "applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            for m in migrations():
-                if m.version < 20:
-                    conn.execute(m.sql.encode())
-                    conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (m.version, m.name))
             conn.execute("INSERT INTO robots (manufacturer, serial) VALUES ('KUKA', 'S1')")
             conn.execute("INSERT INTO agents (agent_id, factory_id, acked_through) VALUES ('a1', 'f1', 3)")
             for agent, seqs in (("a1", [1, 2, 3, 4, 5, 8, 9]), ("a2", [1, 2, 3])):
