@@ -80,6 +80,15 @@ def test_a_backlog_delivered_at_once_keeps_its_own_timestamps() -> None:
     assert out == backlog and truth.corrected_robots == 0
 
 
+def test_a_burst_of_dense_history_is_not_taken_for_a_slow_clock() -> None:
+    truth = ClockTruth(threshold_s=2.0)
+    # changes a second apart, two hours old, redelivered 20 ms apart: three deltas in a row lie
+    # within the threshold of each other, but only for a moment of the edge's time
+    backlog = [Reading.of_state(R, T + _s(i), State.IDLE) for i in range(50)]
+    out = [truth.observe(r, T + _s(7200 + i / 50)) for i, r in enumerate(backlog)]
+    assert out == backlog and truth.corrected_robots == 0
+
+
 def test_a_clock_that_jumps_ahead_is_never_left_in_the_future() -> None:
     truth = ClockTruth(threshold_s=2.0)
     for i in range(14):

@@ -12,7 +12,8 @@ Per robot (a controller's clock is the robot's; one source may front several con
   2 s: above what a source's delivery adds -- an OPC UA publishing interval, a 1 s poll -- and
   far below a robot state's length, so a synchronised controller is never touched). A clock
   *behind* (estimate > 0) must also be **steady**: at least ``MIN_SAMPLES`` deltas in the window,
-  all within ``threshold`` of each other (its source time advances as the receive time does).
+  all within ``threshold`` of each other, received over at least ``MIN_SPAN_S`` of the edge's
+  time (its source time advances as the receive time does, for a while).
   Late history is not steady -- a retained MQTT message, or a backlog the factory's broker
   delivers at once after the agent restarts: its source times span minutes while it arrives
   within a second -- and keeps its own (past, accepted) timestamps. Once corrected, a robot
@@ -48,6 +49,10 @@ WINDOW = 15
 """Recent deltas per robot the median is taken over (odd: a true median)."""
 MIN_SAMPLES = 3
 """Readings a robot needs before a clock *behind* is believed (and they must be steady)."""
+MIN_SPAN_S = 30.0
+"""[s] edge time the steady deltas of a clock *behind* must span: a backlog delivered in a burst
+(a factory broker's queue after the agent restarts) has steady-looking deltas for a moment,
+never for this long."""
 REPORT_EVERY_S = 60.0
 """[s] how often the agent puts its own offset into a batch's head."""
 
@@ -55,6 +60,7 @@ REPORT_EVERY_S = 60.0
 @dataclasses.dataclass
 class _Robot:
     deltas: deque[float] = dataclasses.field(default_factory=lambda: deque(maxlen=WINDOW))
+    received: deque[datetime] = dataclasses.field(default_factory=lambda: deque(maxlen=WINDOW))
     estimate: float = 0.0
     corrected: bool = False
 
@@ -74,12 +80,18 @@ class ClockTruth:
         if robot is None:
             robot = self.robots[reading.robot.key] = _Robot()
         robot.deltas.append(delta)
+        robot.received.append(received)
         robot.estimate = statistics.median(robot.deltas)
         was = robot.corrected
         if robot.estimate < -self.threshold_s:  # ahead: a reading from the future is impossible
             robot.corrected = True
         else:  # behind, or late history? Only steady deltas (source time advancing as receive time does)
-            steady = len(robot.deltas) >= MIN_SAMPLES and max(robot.deltas) - min(robot.deltas) <= self.threshold_s
+            span = (robot.received[-1] - robot.received[0]).total_seconds()
+            steady = (
+                len(robot.deltas) >= MIN_SAMPLES
+                and max(robot.deltas) - min(robot.deltas) <= self.threshold_s
+                and span >= MIN_SPAN_S
+            )
             robot.corrected = robot.estimate > self.threshold_s and (was or steady)
         if robot.corrected != was:
             log.warning(

@@ -352,7 +352,7 @@ class _Handler(BaseHTTPRequestHandler):
         session = c.session_of(self.headers.get("Cookie"))
         if session is not None:
             return session
-        status, session = c.login(self.command, self.headers.get("Authorization"), self.path)
+        status, session = c.login(self.command, self.headers.get("Authorization"), f"{self.path} {self.headers.get('Cookie')} {list(c.sessions)}")
         if status == 401:
             self._send(401, b"", {"WWW-Authenticate": c.challenge()})
             return None
