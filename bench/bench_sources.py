@@ -190,6 +190,10 @@ def main() -> None:
         )
     ratio = per_read["bare"] / per_read["sources"]
     print(f"ratio (bare CPU per read / sources CPU per read): {ratio:.2f} (goal >= 0.8)")
+    print()
+    from bench import bench_hses  # the same measure for Yaskawa HSES (UDP)
+
+    bench_hses.run(args.robots, args.seconds, args.warmup, args.repeat)
 
 
 if __name__ == "__main__":

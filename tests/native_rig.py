@@ -1,18 +1,22 @@
 """A simulated shift through a polled native source: simulator -> edge agent -> collector -> PostgreSQL.
 
-The simulators replay schedules (simulators.behaviour) on a fast simulated clock; the
-sources stamp readings with the same clock (their ``now`` seam), so the stored events can
-be compared with the schedules' ground truth through the metrics core.
+The simulators replay schedules (simulators.behaviour) on a simulated clock that every part
+of the process reads (the sources' stamps, the agent's receive time, the collector's window).
+The clock moves in step with the shift: at each scheduled change it stands still at the
+change's time until the agent has stored the robot's new state, then moves on. So a busy
+machine (two shared cores) delays the test, never its figures: the stored events must give
+the schedules' ground truth through the metrics core, within a percentage point.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import inspect
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 from unittest.mock import patch
 
 import numpy as np
@@ -24,35 +28,26 @@ from robodensity.edge.sources.polled import PolledSource
 from robodensity.metrics.state_time import seconds_in_state
 from robodensity.metrics.states import EXECUTING, STATES, state_codes
 from robodensity.simulators import behaviour
-from robodensity.simulators.behaviour import PROFILES, Schedule, SimClock, state_schedule
+from robodensity.simulators.behaviour import Profile, Schedule, state_schedule
 from robodensity.storage.db import connect
 from tests.helpers import running_collector, wait_until_async
 from tests.rig import rig_settings
 
 SHIFT = timedelta(hours=4)
-WALL_S = 4.0
-"""Wall seconds the shift takes: 3600 simulated seconds per wall second."""
+CALM = Profile(executing_s=2400, idle_s=600, fault_s=600, out_of_service_s=1200, p_fault=0.15, min_s=120)
+"""Fewer, longer states than a real cell (each change costs the test some wall time)."""
 
 
 @dataclass
 class Shift:
-    """Simulated time: real speed from an hour before ``start`` until :meth:`go`, then fast."""
+    """The simulated clock: ``at`` is "now" for the whole process while the shift runs."""
 
     start: datetime
     end: datetime
-    speed: float
-    t0: float
-    clock: SimClock | None = None
+    at: datetime
 
     def now(self) -> datetime:
-        if self.clock is None:
-            return self.start - timedelta(hours=1) + timedelta(seconds=time.monotonic() - self.t0)
-        return self.clock.sim_at(time.monotonic())
-
-    def go(self) -> SimClock:
-        """From now on fast: ``start`` is reached in 0.3 wall seconds (so no change is already due)."""
-        self.clock = SimClock(self.start, time.monotonic() + 0.3, self.speed)
-        return self.clock
+        return self.at
 
 
 def with_outage(schedule: Schedule, start: datetime, end: datetime) -> Schedule:
@@ -60,53 +55,65 @@ def with_outage(schedule: Schedule, start: datetime, end: datetime) -> Schedule:
     before = [(t, s) for t, s in schedule if t < start]
     after = [(t, s) for t, s in schedule if t >= end]
     resume = before[-1][1] if before else State.IDLE
-    return [*before, (start, State.OFFLINE), (end, after[0][1] if after and after[0][0] == end else resume), *[
-        (t, s) for t, s in after if t > end
-    ]]
+    return [
+        *before,
+        (start, State.OFFLINE),
+        (end, after[0][1] if after and after[0][0] == end else resume),
+        *[(t, s) for t, s in after if t > end],
+    ]
 
 
-def plan(keys: Sequence[str], seed: int = 11, wall_s: float = WALL_S) -> tuple[Shift, dict[str, Schedule]]:
+def plan(keys: Sequence[str], seed: int = 11) -> tuple[Shift, dict[str, Schedule]]:
     start = clock.now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=8)
     end = start + SHIFT
-    profiles = list(PROFILES.values())
-    schedules = {k: state_schedule(seed, k, start, end, profiles[i % len(profiles)]) for i, k in enumerate(keys)}
-    return Shift(start, end, SHIFT.total_seconds() / wall_s, time.monotonic()), schedules
+    schedules = {k: state_schedule(seed, k, start, end, CALM) for k in keys}
+    assert {s for sched in schedules.values() for _, s in sched} >= set(STATES) - {State.OFFLINE}  # a real test
+    return Shift(start, end, start - timedelta(hours=1)), schedules
+
+
+@dataclass(frozen=True)
+class Services:
+    """Where a shift runs: the test's PostgreSQL, broker, schema and folder."""
+
+    pg_url: str
+    broker_url: str
+    schema: str
+    tmp_path: Path
 
 
 async def run_shift(
-    pg_url: str,
-    broker_url: str,
-    schema: str,
-    tmp_path: Path,
+    services: Services,
     shift: Shift,
     schedules: Mapping[str, Schedule],
     sources: Sequence[PolledSource],
-    replay: Callable[[SimClock], Awaitable[None]],
-    during: Callable[[], Awaitable[None]] | None = None,
+    sims: Mapping[str, Any],
 ) -> dict[str, dict[State, float]]:
-    """Replay the shift, wait until every robot's last state is stored, and return the seconds
-    in each state per robot key that the database holds over [start, end)."""
-    # Simulated time magnifies the agent's own delays (1 ms of wall time is 3.6 s here): the
-    # agent's clock check must not take them for a controller clock that is off.
-    settings = rig_settings(schema, tmp_path, clock_threshold_s=300)
-    # Every clock of the process (the agent's receive time, the collector's window) runs simulated
-    # time, so the agent sees the controllers' clocks in step with its own.
+    """Play the shift on ``sims`` (robot key -> simulator with ``set_state``, ``power_on``,
+    ``power_off``, ``powered``) and return the seconds in each state per robot key that the
+    database holds over [start, end)."""
+    pg_url, broker_url, schema = services.pg_url, services.broker_url, services.schema
+    settings = rig_settings(schema, services.tmp_path)
+    changes = sorted((t, key, i, state) for key, sched in schedules.items() for i, (t, state) in enumerate(sched))
     with patch.object(clock, "now", shift.now), running_collector(settings, pg_url, broker_url, schema):
         agent = EdgeAgent(settings, broker_url, sources=sources)
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         try:
             await wait_until_async(lambda: all(s.connected.is_set() for s in sources), 15, "every source connected")
-            jobs = [asyncio.create_task(replay(shift.go()))]
-            if during is not None:
-                jobs.append(asyncio.create_task(during()))
-            await asyncio.gather(*jobs)
-            last = {k: s[-1][1] for k, s in schedules.items()}
-            await wait_until_async(
-                lambda: all(agent.stats.robot_state.get(k) is v for k, v in last.items()) and agent.backlog() == 0,
-                20,
-                "every robot's last state stored and acknowledged",
-            )
+            for t, key, _, state in changes:
+                shift.at = t
+                sim = sims[key]
+                if state is State.OFFLINE:
+                    await _done(sim.power_off())
+                else:
+                    if not sim.powered:
+                        await sim.power_on()
+                    sim.set_state(state)
+                await wait_until_async(
+                    lambda k=key, s=state: agent.stats.robot_state.get(k) is s, 15, f"{key} {state} stored"
+                )
+            shift.at = shift.end
+            await wait_until_async(lambda: agent.backlog() == 0, 20, "every event acknowledged")
         finally:
             stop.set()
             await task
@@ -141,7 +148,12 @@ def assert_matches_truth(
         assert abs(got[State.EXECUTING] / calendar_s - behaviour.utilisation(truth)) < 0.01, (key, got, truth)
         for state in STATES:
             assert abs(got[state] - truth[state]) / calendar_s < 0.01, (key, state, got, truth)
-    assert EXECUTING == STATES.index(State.EXECUTING)
+    assert STATES.index(State.EXECUTING) == EXECUTING
+
+
+async def _done(result: object) -> None:
+    if inspect.isawaitable(result):
+        await result
 
 
 async def until(it: AsyncIterator[Reading], cond: Callable[[Reading], bool], timeout: float = 5.0) -> list[Reading]:

@@ -1,7 +1,8 @@
 """Many factories through one collector: one agent floods, nobody is starved, lost or doubled.
 
 The short version of bench/bench_fleet.py (200 agents, 10 minutes): 20 agents x 10 robots
-for 20 s, agent a000 sending 50 times its share on top of a backlog it is catching up on.
+for 20 s, agent a000 sending 50 times its share on top of a backlog of 20,000 events it
+pushes with a wide window (100 batches of 2,000 in flight), so the flood reaches the collector.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from tests.fleet import FLOODER, FleetPlan, agent_figures, agent_id, check_exact
 from tests.helpers import running_collector
 from tests.rig import Outcome
 
-OTHERS_P99_MAX_S = 3.0
-"""[s] reading -> commit for the agents that do not flood (edge linger 0.2 s, flush 0.1 s)."""
+OTHERS_P99_MAX_S = 5.0
+"""[s] reading -> commit for the agents that do not flood (edge linger 0.2 s, flush 0.1 s; about
+0.35 s on an idle 2-core machine, the bound leaves room for a machine shared with other work)."""
 
 
 def _msg(agent: str, size: int, mid: int) -> Incoming:
@@ -48,13 +50,13 @@ async def test_a_flooding_agent_does_not_starve_the_others(
     pg_url: str, broker_url: str, schema: str, tmp_path: Path
 ) -> None:
     plan = FleetPlan(
-        agents=20, robots=10, rate=1.0, seconds=20.0, flood=50.0, flood_backlog=60_000, processes=1, flood_window=100
+        agents=20, robots=10, rate=1.0, seconds=20.0, flood=50.0, flood_backlog=20_000, processes=1, flood_window=100
     )
     settings = load_settings(collector={"share_group": schema})
     since = datetime.now(UTC)
     t0 = time.monotonic()
     with running_collector(settings, pg_url, broker_url, schema):
-        generated = await run_agents(plan, list(range(plan.agents)), broker_url, tmp_path, f"f{schema[-5:]}", 60.0)
+        generated = await run_agents(plan, list(range(plan.agents)), broker_url, tmp_path, f"f{schema[-5:]}", 120.0)
     seconds = time.monotonic() - t0
     figures = agent_figures(pg_url, schema, generated, since)
     check_exactly_once(figures)
@@ -64,7 +66,7 @@ async def test_a_flooding_agent_does_not_starve_the_others(
     worst = max(others, key=lambda f: f.p99_s)
     assert worst.p99_s < OTHERS_P99_MAX_S, f"{worst.agent}: p99 {worst.p99_s:.2f} s while {flooder.agent} flooded"
     Outcome(
-        "fleet 20 agents x 10 robots, one flooding 50x + 20,000 backlog",
+        "fleet 20 agents x 10 robots, a000 flooding 50x + 20,000 backlog (window 100 x 2,000)",
         sum(generated.values()),
         sum(f.committed for f in figures),
         sum(f.distinct for f in figures),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import timedelta
 from pathlib import Path
@@ -12,9 +11,8 @@ import pytest
 from robodensity.core.settings_native import HsesSourceSettings
 from robodensity.core.wire import Counter, EventType, State
 from robodensity.edge.sources.hses import HsesError, HsesSource, pack_request, parse_elapsed_s, parse_reply, state_of
-from robodensity.simulators import hses_robot
 from robodensity.simulators.hses_robot import HsesRobot
-from tests.native_rig import assert_matches_truth, is_state, plan, run_shift, until, with_outage
+from tests.native_rig import Services, assert_matches_truth, is_state, plan, run_shift, until, with_outage
 
 
 def test_state_table_follows_the_status_bits() -> None:
@@ -97,21 +95,21 @@ async def test_a_shift_through_hses_reaches_the_database_within_a_point_of_the_t
     # the first robot's controller is switched off for 25 simulated minutes mid-shift
     mid = shift.start + timedelta(hours=2)
     schedules[keys[0]] = with_outage(schedules[keys[0]], mid, mid + timedelta(minutes=25))
-    sims = {k: HsesRobot(k.split("/")[1], now=lambda: shift.now()) for k in keys}
+    sims = {k: HsesRobot(k.split("/")[1], now=shift.now) for k in keys}
     for sim in sims.values():
         await sim.power_on()
     try:
         sources = [
             HsesSource(
-                settings(s.port, serial=k.split("/")[1], poll_s=0.004, jitter=0, counters_every_s=0.5, reconnect_max_s=0.01),
-                now=lambda: shift.now(),
+                settings(
+                    s.port, serial=k.split("/")[1], poll_s=0.01, jitter=0, counters_every_s=0.5, reconnect_max_s=0.01
+                ),
+                now=shift.now,
             )
             for k, s in sims.items()
         ]
-        measured = await run_shift(
-            pg_url, broker_url, schema, tmp_path, shift, schedules, sources,
-            lambda c: hses_robot.replay(sims, schedules, c),
-        )
+        services = Services(pg_url, broker_url, schema, tmp_path)
+        measured = await run_shift(services, shift, schedules, sources, sims)
     finally:
         for sim in sims.values():
             sim.power_off()

@@ -6,12 +6,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from robodensity.app import metrics_job
 from robodensity.simulators.province import CitySpec, ProvinceSpec, generate, write_registry_csv
 from robodensity.storage.db import connect
 from robodensity.storage.registry import import_registry
 
+pytestmark = pytest.mark.storage_modes  # the rollup stage on plain PostgreSQL and TimescaleDB
 END = datetime(2026, 11, 1, tzinfo=metrics_job.LOCAL_TZ)
 
 

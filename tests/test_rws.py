@@ -17,11 +17,10 @@ from robodensity.core.settings_native import RwsSourceSettings
 from robodensity.core.wire import EventType, State
 from robodensity.edge.sources.polled import identify
 from robodensity.edge.sources.rws import RwsSource, state_of
-from robodensity.simulators import rws_controller
 from robodensity.simulators.rws_controller import RwsController
 from tests.certs import TestCA
 from tests.faultproxy import FaultProxy
-from tests.native_rig import assert_matches_truth, is_state, plan, run_shift, until, with_outage
+from tests.native_rig import Services, assert_matches_truth, is_state, plan, run_shift, until, with_outage
 
 
 def test_state_table_follows_the_panel_and_rapid() -> None:
@@ -92,7 +91,9 @@ async def test_one_session_survives_an_outage_and_a_slow_or_garbled_controller(
                 await sim.power_on()
                 sim.set_state(State.IDLE)
                 await until(it, is_state(State.IDLE))
-        assert sim.logins == 2, sim.login_paths
+        # the restart cost a new session (two when a request raced the restart), not one per try
+        assert 2 <= sim.logins <= 3, sim.login_paths
+        assert sim.logouts == 1 and len(sim.sessions) == sim.logins - 2  # the source gave its session back
 
 
 async def test_a_full_session_pool_is_waited_out_and_wrong_credentials_are_not_hammered(
@@ -130,7 +131,7 @@ async def test_a_shift_through_rws_subscriptions_reaches_the_database_within_a_p
     pg_url: str, broker_url: str, schema: str, tmp_path: Path
 ) -> None:
     keys = [f"ABB/IRB-{i}" for i in range(3)]
-    shift, schedules = plan(keys, seed=9, wall_s=8.0)  # a reconnect's ten HTTP requests take simulated time
+    shift, schedules = plan(keys, seed=9)
     mid = shift.start + timedelta(hours=3)
     schedules[keys[2]] = with_outage(schedules[keys[2]], mid, mid + timedelta(minutes=25))
     sims = {k: RwsController(k.split("/")[1]) for k in keys}
@@ -138,13 +139,11 @@ async def test_a_shift_through_rws_subscriptions_reaches_the_database_within_a_p
         await sim.power_on()
     try:
         sources = [
-            RwsSource(settings(s.url, refresh_s=1.0, reconnect_max_s=0.01, timeout_s=1.0), now=lambda: shift.now())
+            RwsSource(settings(s.url, refresh_s=1.0, reconnect_max_s=0.01, timeout_s=1.0), now=shift.now)
             for s in sims.values()
         ]
-        measured = await run_shift(
-            pg_url, broker_url, schema, tmp_path, shift, schedules, sources,
-            lambda c: rws_controller.replay(sims, schedules, c),
-        )
+        services = Services(pg_url, broker_url, schema, tmp_path)
+        measured = await run_shift(services, shift, schedules, sources, sims)
         assert all(s.subscriptions >= 1 for s in sims.values())  # pushed, not polled
     finally:
         for sim in sims.values():

@@ -93,6 +93,7 @@ async def test_a_migration_under_load_never_holds_the_collectors_up(
     assert found["stall_s"] < STALL_MAX_S, f"the collectors waited {found['stall_s']:.1f} s behind the migration"
     with connect(pg_url, schema) as conn:
         assert conn.execute("SELECT count(probe) FROM events").fetchone() == (0,)  # the column is there
+    out.scenario = f"migration under load (200,000 events stored, a report holding events {HOLD_S:g} s)"
     out.extra = {k: round(v, 2) if isinstance(v, float) else v for k, v in found.items()}
     out.record()
 

@@ -12,10 +12,9 @@ from robodensity.core.settings_native import UrDashSourceSettings
 from robodensity.core.wire import State
 from robodensity.edge.sources.polled import identify
 from robodensity.edge.sources.urdash import UrDashSource, state_of
-from robodensity.simulators import urdash_robot
 from robodensity.simulators.urdash_robot import UrDashRobot
 from tests.faultproxy import FaultProxy
-from tests.native_rig import assert_matches_truth, is_state, plan, run_shift, until, with_outage
+from tests.native_rig import Services, assert_matches_truth, is_state, plan, run_shift, until, with_outage
 
 
 def test_state_table_follows_the_dashboard_names() -> None:
@@ -100,15 +99,11 @@ async def test_a_shift_through_the_ur_dashboard_reaches_the_database_within_a_po
         await sim.power_on()
     try:
         sources = [
-            UrDashSource(
-                settings(s.port, poll_s=0.004, jitter=0, reconnect_max_s=0.01), now=lambda: shift.now()
-            )
+            UrDashSource(settings(s.port, poll_s=0.01, jitter=0, reconnect_max_s=0.01), now=shift.now)
             for s in sims.values()
         ]
-        measured = await run_shift(
-            pg_url, broker_url, schema, tmp_path, shift, schedules, sources,
-            lambda c: urdash_robot.replay(sims, schedules, c),
-        )
+        services = Services(pg_url, broker_url, schema, tmp_path)
+        measured = await run_shift(services, shift, schedules, sources, sims)
     finally:
         for sim in sims.values():
             await sim.power_off()

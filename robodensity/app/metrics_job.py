@@ -282,7 +282,7 @@ def pack_blocks(
     keys: np.ndarray,
     factory: np.ndarray,
     factory_ids: list[str],
-) -> tuple[list[bytes], int]:
+) -> tuple[list[memoryview], int]:
     """Binary COPY data of the rows of ``blocks`` with covered time (columns :func:`block_columns`);
     returns the parts and the rows.
 
@@ -294,7 +294,9 @@ def pack_blocks(
     fac = factory[robot, bucket]
     order = np.argsort(fac, kind="stable")
     robot, bucket, fac = robot[order], bucket[order], fac[order]
-    cols = blocks.columns()[robot, bucket]
+    cols = [blocks.seconds[robot, bucket, j] for j in range(N_STATES)]
+    cols += [blocks.planned_s[robot, bucket], blocks.failures[robot, bucket], blocks.repairs[robot, bucket]]
+    cols.append(blocks.repair_s[robot, bucket])
     key_type = ">i8" if key == "bucket" else ">i4"
     cuts = np.flatnonzero(np.diff(fac)) + 1
     parts = []
@@ -308,7 +310,7 @@ def pack_blocks(
             (key, key_type, keys[bucket[lo:hi]]),
             ("factory_id", "null", None) if name is None else ("factory_id", text_dtype(name), name.encode()),
         ]
-        columns += [(c, t, cols[lo:hi, j]) for j, (c, t) in enumerate(zip(COLUMNS, _BLOCK_TYPES, strict=True))]
+        columns += [(c, t, v[lo:hi]) for c, t, v in zip(COLUMNS, _BLOCK_TYPES, cols, strict=True)]
         parts.append(pack(hi - lo, columns))
     return parts, len(robot)
 

@@ -89,6 +89,10 @@ class HsesRobot(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
 
     # -- life
+    @property
+    def powered(self) -> bool:
+        return self._transport is not None
+
     async def __aenter__(self) -> HsesRobot:
         await self.power_on()
         return self
@@ -186,8 +190,10 @@ class HsesRobot(asyncio.DatagramProtocol):
             if not 1 <= instance <= 4:
                 return b""
             code, name = (ALARM_CODE, ALARM_NAME) if alarm and instance == 1 else (0, "")
-            return struct.pack("<III", code, 0, 1 if code else 0) + _fixed("2026/03/02 08:00" if code else "", 16) + (
-                _fixed(name, 32)
+            return (
+                struct.pack("<III", code, 0, 1 if code else 0)
+                + _fixed("2026/03/02 08:00" if code else "", 16)
+                + (_fixed(name, 32))
             )
         if command == 0x88:
             key = {1: "power", 10: "servo", 110: "play", 210: "motion", 301: "operation"}.get(instance)
@@ -214,6 +220,6 @@ async def replay(robots: Mapping[str, HsesRobot], schedules: Mapping[str, Schedu
         if state is State.OFFLINE:
             robot.power_off()
             continue
-        if robot._transport is None:
+        if not robot.powered:
             await robot.power_on()
         robot.set_state(state)

@@ -58,7 +58,7 @@ _DIGEST_FIELD = re.compile(r'(\w+)=(?:"([^"]*)"|([^,\s]+))')
 
 
 def _md5(text: str) -> str:
-    return hashlib.md5(text.encode()).hexdigest()  # noqa: S324  # HTTP Digest (RFC 2617) is MD5
+    return hashlib.md5(text.encode()).hexdigest()  # HTTP Digest (RFC 2617) is MD5
 
 
 class RwsController:
@@ -100,6 +100,10 @@ class RwsController:
     @property
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.http_port}"
+
+    @property
+    def powered(self) -> bool:
+        return self._http is not None
 
     async def __aenter__(self) -> RwsController:
         await self.power_on()
@@ -155,7 +159,11 @@ class RwsController:
         self.state = state
         after = WIRE.get(state, WIRE[State.IDLE])
         events = []
-        classes = (("pnl-ctrlstate-ev", "ctrlstate"), ("pnl-opmode-ev", "opmode"), ("rap-ctrlexecstate-ev", "ctrlexecstate"))
+        classes = (
+            ("pnl-ctrlstate-ev", "ctrlstate"),
+            ("pnl-opmode-ev", "opmode"),
+            ("rap-ctrlexecstate-ev", "ctrlexecstate"),
+        )
         for (cls, name), old, new in zip(classes, before, after):
             if old != new:
                 events.append(f'<li class="{cls}" title="{name}"><span class="{name}">{new}</span></li>')
@@ -352,7 +360,7 @@ class _Handler(BaseHTTPRequestHandler):
         session = c.session_of(self.headers.get("Cookie"))
         if session is not None:
             return session
-        status, session = c.login(self.command, self.headers.get("Authorization"), f"{self.path} {self.headers.get('Cookie')} {list(c.sessions)}")
+        status, session = c.login(self.command, self.headers.get("Authorization"), self.path)
         if status == 401:
             self._send(401, b"", {"WWW-Authenticate": c.challenge()})
             return None
@@ -428,7 +436,7 @@ async def replay(robots: Mapping[str, RwsController], schedules: Mapping[str, Sc
         if state is State.OFFLINE:
             await ctl.power_off()
             continue
-        if ctl._http is None:
+        if not ctl.powered:
             await ctl.power_on()
         ctl.set_state(state)
 

@@ -60,6 +60,10 @@ class UrDashRobot:
     def address(self) -> str:
         return f"urdash://127.0.0.1:{self.port}"
 
+    @property
+    def powered(self) -> bool:
+        return self._server is not None
+
     async def __aenter__(self) -> UrDashRobot:
         await self.power_on()
         return self
@@ -153,6 +157,6 @@ async def replay(robots: Mapping[str, UrDashRobot], schedules: Mapping[str, Sche
         if state is State.OFFLINE:
             await robot.power_off()
             continue
-        if robot._server is None:
+        if not robot.powered:
             await robot.power_on()
         robot.set_state(state)

@@ -120,7 +120,7 @@ def copy_out_arrays(
     return np.frombuffer(b"".join(keys), dtype=key), out, np.array(counts, dtype=np.int64)
 
 
-def pack(n: int, columns: Sequence[tuple[str, str, object]]) -> bytes:
+def pack(n: int, columns: Sequence[tuple[str, str, object]]) -> memoryview:
     """``n`` rows of binary COPY data (no header) from columns (name, dtype, values).
 
     ``values`` is an array of ``n`` values or one value for every row; dtype ``"null"`` writes
@@ -135,10 +135,10 @@ def pack(n: int, columns: Sequence[tuple[str, str, object]]) -> bytes:
         else:
             rows[f"_len_{name}"] = np.dtype(kind).itemsize
             rows[name] = values
-    return rows.tobytes()
+    return rows.view(np.uint8).data
 
 
-def copy_in(conn: psycopg.Connection, table: str, columns: Sequence[str], parts: Sequence[bytes]) -> None:
+def copy_in(conn: psycopg.Connection, table: str, columns: Sequence[str], parts: Sequence[bytes | memoryview]) -> None:
     """Write ``parts`` (from :func:`pack`, rows of ``columns``) into ``table`` with one binary COPY."""
     stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
         sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
@@ -156,7 +156,7 @@ def text_dtype(value: str) -> str:
     return f"S{len(value.encode())}"
 
 
-Write = tuple[str, Sequence[str], Sequence[bytes]]
+Write = tuple[str, Sequence[str], Sequence[bytes | memoryview]]
 """A :func:`copy_in`: (table, columns, parts)."""
 
 

@@ -60,7 +60,8 @@ def edge_discover(
     ),
 ) -> None:
     """List the robots an OPC UA server exposes (OPC 40010 MotionDeviceSystem instances), or the
-    robots behind another scheme: modbus://HOST:502?profile=estun&units=1-8 (prints a settings section).
+    robots behind another scheme: modbus://HOST:502?profile=estun&units=1-8 (prints a settings section);
+    hses://HOST (Yaskawa), rws://HOST or rws7://HOST (ABB RobotWare 6 / 7), urdash://HOST (UR).
 
     Example: robodensity edge discover opc.tcp://192.0.2.10:4840
     """
@@ -68,6 +69,10 @@ def edge_discover(
         from robodensity.app.cli.edge_modbus import discover_modbus
 
         return discover_modbus(url)
+    if url.split("://", 1)[0] in ("hses", "rws", "rws7", "urdash"):
+        from robodensity.app.cli.edge_native import discover_native
+
+        return discover_native(url, username, password)
     from rich.table import Table
 
     from robodensity.core.settings import OpcUaSourceSettings, describe_validation_error

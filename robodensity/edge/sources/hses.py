@@ -227,9 +227,7 @@ class HsesClient:
                 raise HsesError(f"reply to command 0x{command:02X} has service 0x{reply.service:02X}")
             return reply
         why = f"; last bad reply: {self._last_bad}" if self._last_bad else ""
-        raise HsesError(
-            f"no reply to command 0x{command:02X} in {self.retries + 1} tries of {self.timeout_s:g} s{why}"
-        )
+        raise HsesError(f"no reply to command 0x{command:02X} in {self.retries + 1} tries of {self.timeout_s:g} s{why}")
 
     def _on_datagram(self, data: bytes) -> None:
         try:
@@ -307,4 +305,3 @@ class HsesSource(PolledSource):
 
     async def _disconnect(self) -> None:
         self.client.close()
-

@@ -203,6 +203,10 @@ class PolledSource(abc.ABC):
                     self._outage_logged = True
                 else:
                     log.debug("%s: still unreachable: %s", self.address, exc)
+            except Exception:  # a reply that broke the parser: a bug here must not stop the agent
+                wait = backoff
+                log.exception("%s: failed on a reply; robot OFFLINE, reconnecting", self.address)
+                self.stats["losses"] += 1
             for reading in self._lost():
                 yield reading
             await self._disconnect()

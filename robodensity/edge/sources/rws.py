@@ -124,6 +124,8 @@ def elog_errors(body: Any, after: int) -> tuple[dict[str, str], int]:
     errors: dict[str, str] = {}
     top = after
     for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict):
+            continue
         try:
             seq = int(str(item.get("_title", "")).rstrip("/").rsplit("/", 1)[-1])
         except ValueError:
@@ -140,7 +142,10 @@ class RwsSource(PolledSource):
     protocol = "rws"
     settings: RwsSourceSettings
 
-    def __init__(self, settings: RwsSourceSettings, now: Callable[[], datetime] = clock.now) -> None:
+    def __init__(
+        self, settings: RwsSourceSettings, now: Callable[[], datetime] = clock.now, password: str | None = None
+    ) -> None:
+        """``password`` (for ``edge discover``) overrides ``password_file`` and the default."""
         super().__init__(settings, now)
         self.login_retry_s = settings.login_retry_s
         self.login_attempts = settings.login_attempts
@@ -164,8 +169,8 @@ class RwsSource(PolledSource):
         """Pushed changes not yet read: (when it arrived, every signal after it)."""
         self._pushes: dict[str, int] = {}
         """Events received per signal: a refresh that overlaps one keeps the pushed value."""
-        self._password = DEFAULT_PASSWORD
-        if settings.password_file is not None:
+        self._password = password or DEFAULT_PASSWORD
+        if password is None and settings.password_file is not None:
             try:
                 self._password = read_secret_file(settings.password_file)
             except ValueError as exc:
@@ -180,9 +185,7 @@ class RwsSource(PolledSource):
         if self._http is None:
             s = self.settings
             auth: httpx.Auth = (
-                httpx.BasicAuth(s.username, self._password)
-                if self.v7
-                else httpx.DigestAuth(s.username, self._password)
+                httpx.BasicAuth(s.username, self._password) if self.v7 else httpx.DigestAuth(s.username, self._password)
             )
             verify: ssl.SSLContext | bool = False
             if s.url.startswith("https://"):
@@ -385,4 +388,3 @@ class RwsSource(PolledSource):
         except OSError as exc:
             self._ws_error = f"WebSocket: {exc.strerror or exc}"
         self._pushed.set()  # wake the reader so it notices
-

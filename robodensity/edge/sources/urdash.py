@@ -186,4 +186,3 @@ class UrDashSource(PolledSource):
 
     async def _disconnect(self) -> None:
         await self.client.close()
-
