@@ -85,7 +85,8 @@ async def test_each_simulator_replays_a_schedule_that_its_source_reads_in_order(
 
     states = [State.EXECUTING, State.FAULT, State.IDLE, State.OUT_OF_SERVICE, State.OFFLINE, State.EXECUTING]
     t0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
-    schedule = [(t0 + timedelta(seconds=0.25 * i), s) for i, s in enumerate(states)]
+    at = [0.0, 0.25, 0.5, 0.75, 1.0, 2.2]  # switched off long enough for HSES's 3 tries of 0.3 s
+    schedule = [(t0 + timedelta(seconds=a), s) for a, s in zip(at, states)]
     sim: Any
     if kind == "hses":
         sim, replay = HsesRobot("R1"), hses_robot.replay

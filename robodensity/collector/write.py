@@ -218,16 +218,22 @@ class Writer:
                 created = self.conn.execute("SELECT ensure_event_partitions()").fetchone()
             if created and created[0]:
                 log.info("created %d event partition(s)", created[0])
-            if self.lifecycle:
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction) as exc:
+            log.warning("cannot create event partitions (events land in the default one): %s", exc)
+        if self.lifecycle:
+            try:
                 with self.conn.transaction():
                     dropped = self.conn.execute(
                         "SELECT apply_event_lifecycle(make_interval(days => %s), make_interval(days => %s))",
                         self.lifecycle,
                     ).fetchone()
+            except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction) as exc:
+                log.warning("cannot apply the raw events' lifecycle (retried in an hour): %s", exc)
+            except psycopg.errors.TransactionRollback as exc:  # a TimescaleDB job held a lock
+                log.warning("raw events' lifecycle deferred (retried in an hour): %s", _first_line(exc))
+            else:
                 if dropped and dropped[0]:
                     log.info("dropped %d month(s) of raw events older than %d days", dropped[0], self.lifecycle[0])
-        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction) as exc:
-            log.warning("cannot maintain event partitions or their lifecycle (events land in the default one): %s", exc)
 
     def flush(self, messages: list[Incoming]) -> Committed:
         """Write ``messages`` in one transaction, then build the state intervals it marked."""

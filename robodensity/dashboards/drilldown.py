@@ -54,12 +54,12 @@ INDUSTRIES = f"""\
 FACTORIES = f"""\
     WITH {p.SELECTED_PERIOD.strip()},
     u AS (
-      SELECT rd.factory_id, sum(rd.executing_s) / NULLIF(sum(rd.covered_s), 0) AS utilisation,
-             count(DISTINCT rd.robot_id) FILTER (WHERE rd.offline_s < rd.covered_s) AS reporting_robots
-      FROM v_robot_blocks_daily rd, p
-      WHERE rd.day >= (p.period_start AT TIME ZONE '{p.TIMEZONE}')::date
-        AND rd.day < (p.period_end AT TIME ZONE '{p.TIMEZONE}')::date
-      GROUP BY rd.factory_id
+      SELECT fd.factory_id, sum(fd.executing_s) / NULLIF(sum(fd.covered_s), 0) AS utilisation,
+             max(fd.reporting) AS reporting_robots
+      FROM v_factory_daily fd, p
+      WHERE fd.day >= (p.period_start AT TIME ZONE '{p.TIMEZONE}')::date
+        AND fd.day < (p.period_end AT TIME ZONE '{p.TIMEZONE}')::date
+      GROUP BY fd.factory_id
     )
     SELECT ff.factory_id, ff.name, ff.region_code, ff.industry_code, ff.robot_count, ff.employee_count,
            ff.robot_density, u.reporting_robots, u.utilisation
@@ -68,8 +68,9 @@ FACTORIES = f"""\
     LEFT JOIN u ON u.factory_id = ff.factory_id
     WHERE '$industry' IN ('*', ff.industry_code)
     ORDER BY ff.robot_density DESC NULLS LAST, ff.factory_id"""
-"""Robots and headcount as registered today; over ``$period``, from the daily blocks: utilisation
-(executing / covered time) and reporting robots (with covered time not OFFLINE)."""
+"""Robots and headcount as registered today; over ``$period``, from the factory x day sums of the
+daily blocks (factory_daily, migration 050): utilisation (executing / covered time) and reporting
+robots (with covered time not OFFLINE) on the factory's best day of the period."""
 
 DAILY_UTILISATION = f"""\
     SELECT (rd.day::timestamp AT TIME ZONE '{p.TIMEZONE}') AS "time",

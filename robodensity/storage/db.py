@@ -144,7 +144,13 @@ def drop_schema(url: str, schema: str) -> None:
                     "SELECT role_name FROM schema_roles ORDER BY kind = 'owner', kind <> 'department', role_name"
                 )
             ]
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        for attempt in range(1, MIGRATION_TRIES + 1):  # a TimescaleDB job may hold a chunk: see migrate
+            try:
+                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+                break
+            except psycopg.errors.DeadlockDetected:
+                if attempt == MIGRATION_TRIES:
+                    raise
         for role in roles:
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
                 conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))

@@ -94,13 +94,26 @@ def state_of(data1: int, data2: int) -> State:
     return State.IDLE
 
 
+_REQUEST = struct.Struct("<4sHHBBBBI8sHHBBH")
+
+
 def pack_request(request_id: int, command: int, instance: int, attribute: int = 0, service: int = GET_ALL) -> bytes:
     """A robot-control request datagram (§2), no payload."""
-    return (
-        MAGIC
-        + struct.pack("<HHBBBBI", HEADER_SIZE, 0, 3, DIVISION_ROBOT, 0, request_id & 0xFF, 0)
-        + RESERVED
-        + struct.pack("<HHBBH", command, instance, attribute, service, 0)
+    return _REQUEST.pack(
+        MAGIC,
+        HEADER_SIZE,
+        0,
+        3,
+        DIVISION_ROBOT,
+        0,
+        request_id & 0xFF,
+        0,
+        RESERVED,
+        command,
+        instance,
+        attribute,
+        service,
+        0,
     )
 
 
@@ -160,6 +173,11 @@ def parse_system_info(payload: bytes, encoding: str = "utf-8") -> tuple[str, str
     return _text(payload[:24], encoding), _text(payload[24:40], encoding)
 
 
+def _expire(waiter: asyncio.Future[Reply]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 class _Endpoint(asyncio.DatagramProtocol):
     def __init__(self, on_datagram: Callable[[bytes], None], on_error: Callable[[Exception], None]) -> None:
         self.on_datagram, self.on_error = on_datagram, on_error
@@ -212,16 +230,18 @@ class HsesClient:
             rid = self._next_id
             self._next_id = (rid + 1) & 0xFF
             self._ids.add(rid)
-            self._waiter = loop.create_future()
+            self._waiter = waiter = loop.create_future()
             self._transport.sendto(pack_request(rid, command, instance, attribute, service))
+            timer = loop.call_later(self.timeout_s, _expire, waiter)  # cheaper than wait_for: one poll, one timer
             try:
-                reply = await asyncio.wait_for(asyncio.shield(self._waiter), self.timeout_s)
+                reply = await waiter
             except TimeoutError:
                 continue
             except ConnectionRefusedError:
                 self.stats["unreachable"] += 1
                 raise HsesError(f"port {self.port} unreachable (controller off, or HSES not enabled)") from None
             finally:
+                timer.cancel()
                 self._waiter = None
             if reply.service != service + 0x80:
                 raise HsesError(f"reply to command 0x{command:02X} has service 0x{reply.service:02X}")

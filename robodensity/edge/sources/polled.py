@@ -88,7 +88,16 @@ class Tracker:
         self.alarms: dict[str, str] = {}
         self.counters: dict[Counter, float] = {}
 
-    def sample(self, s: Sample, ts: datetime) -> list[Reading]:
+    def sample(self, s: Sample, ts: datetime | Callable[[], datetime]) -> list[Reading]:
+        """Readings for what changed, stamped ``ts`` (a clock is asked only when something did)."""
+        if (
+            s.state is self.state
+            and (s.alarms is None or s.alarms.keys() == self.alarms.keys())
+            and all(self.counters.get(c) == v for c, v in s.counters.items())
+        ):
+            return []  # most polls: nothing changed
+        if callable(ts):
+            ts = ts()
         out: list[Reading] = []
         if s.state is not self.state:
             out.append(Reading.of_state(self.robot, ts, s.state))
@@ -131,6 +140,7 @@ class PolledSource(abc.ABC):
         self.stats: dict[str, int] = {"connects": 0, "losses": 0, "polls": 0, "refused_logins": 0}
         self._rng = random.Random()
         self._outage_logged = False
+        self._next_at = 0.0
 
     @property
     @abc.abstractmethod
@@ -153,9 +163,15 @@ class PolledSource(abc.ABC):
         """Close what ``_connect`` opened; never raises."""
 
     async def _pause(self) -> None:
-        """Wait until the next read is due (a push source may return earlier)."""
+        """Wait until the next read is due (a push source may return earlier).
+
+        Reads are due every ``poll_s`` (times the jitter factor) from the previous due time, not
+        from the end of the read, so slow replies or a busy loop do not stretch the period; a
+        source that fell behind starts again from now."""
         j = self.settings.jitter
-        await asyncio.sleep(self.settings.poll_s * self._rng.uniform(1 - j, 1 + j))
+        now = time.monotonic()
+        self._next_at = max(self._next_at + self.settings.poll_s * self._rng.uniform(1 - j, 1 + j), now)
+        await asyncio.sleep(self._next_at - now)
 
     async def __aenter__(self) -> PolledSource:
         return self
@@ -183,7 +199,7 @@ class PolledSource(abc.ABC):
                     counters_due = time.monotonic() + self.settings.counters_every_s
                 self.stats["polls"] += 1
                 assert self.tracker is not None
-                for reading in self.tracker.sample(sample, sample.at or self.now()):
+                for reading in self.tracker.sample(sample, sample.at or self.now):
                     yield reading
                 backoff = first
                 await self._pause()
@@ -224,6 +240,7 @@ class PolledSource(abc.ABC):
         self.stats["connects"] += 1
         self.connected.set()
         self._outage_logged = False
+        self._next_at = time.monotonic()
         log.info("%s: connected to %s %s (%s)", self.address, identity.robot.key, identity.model, identity.software)
 
     def _lost(self) -> list[Reading]:
