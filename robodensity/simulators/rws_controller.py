@@ -40,7 +40,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from robodensity.core.wire import State
@@ -439,6 +438,3 @@ async def replay(robots: Mapping[str, RwsController], schedules: Mapping[str, Sc
         if not ctl.powered:
             await ctl.power_on()
         ctl.set_state(state)
-
-
-__all__ = ["WIRE", "Headers", "RwsController", "replay"]
