@@ -5,7 +5,7 @@ processes run them with asyncio, the collector runs in a process of its own, Pos
 Mosquitto are embedded. Agent a000 sends ``--flood`` times its share, on top of a backlog
 (``--flood-backlog`` events an hour old, as after a week offline) that it pushes with a wide
 window. Afterwards, per agent: every generated sequence number stored exactly once, and the
-reading -> commit latency (p50, p99, max). The RSS of the collector and of each agent
+reading -> commit latency (p50, p99, max), written to out/fleet-agents.csv. The RSS of the collector and of each agent
 process is sampled throughout and must show no upward trend over the second half.
 
     .venv/bin/python -m bench.bench_fleet                      # 200 agents, 10 minutes
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
 import multiprocessing as mp
 import statistics
@@ -38,6 +39,8 @@ from tests.memory import RssSampler
 
 SCHEMA = "fleet"
 TAG = "f"
+PER_AGENT = Path(__file__).parent.parent / "out" / "fleet-agents.csv"
+"""Every agent's figures of the last run (generated, committed, distinct, p50/p99/max latency)."""
 
 
 def _collector_main(pg: str, broker: str, schema: str, ready: Event, stop: Event, out: Any) -> None:
@@ -139,6 +142,12 @@ def run(plan: FleetPlan, sample_s: float) -> dict[str, Any]:
         "collector": stats,
     }
     print(json.dumps(out, indent=1))
+    PER_AGENT.parent.mkdir(exist_ok=True)
+    with PER_AGENT.open("w", newline="") as fh:
+        rows = csv.writer(fh)
+        rows.writerow(["agent", "generated", "committed", "distinct", "p50_s", "p99_s", "max_s"])
+        rows.writerows([f.agent, f.generated, f.committed, f.distinct, f.p50_s, f.p99_s, f.max_s] for f in figures)
+    print(f"per agent: {PER_AGENT}")
     for s in sampler.series.values():
         s.check_flat()
     return out
