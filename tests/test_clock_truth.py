@@ -106,6 +106,16 @@ def test_the_agent_offset_is_the_sample_with_the_shortest_round_trip() -> None:
     assert agent.to_report() is None  # at most once a minute
 
 
+def test_an_agent_clock_is_called_off_only_beyond_half_its_best_round_trip(caplog: pytest.LogCaptureFixture) -> None:
+    busy = AgentClock(threshold_s=2.0)
+    with caplog.at_level("WARNING"):
+        busy.sample(T + _s(4.0), 0.0, 6.0, T + _s(3))  # 4 s "off", but the round trip took 6 s
+    assert busy.offset_s == pytest.approx(4.0) and "off the collector's" not in caplog.text
+    with caplog.at_level("WARNING"):
+        busy.sample(T + _s(20.0), 10.0, 10.2, T + _s(10.1))  # 10 s off within 0.2 s: a clock
+    assert busy.offset_s == pytest.approx(10.0) and "off the collector's" in caplog.text
+
+
 # ----------------------------------------------------------------------------- the wire
 
 

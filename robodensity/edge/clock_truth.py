@@ -29,7 +29,8 @@ Per robot (a controller's clock is the robot's; one source may front several con
 The agent's own clock against the collector's (:class:`AgentClock`) is measured from the acks,
 NTP-style: each ack carries the collector's time ``tc``; for a batch sent at ``t0`` and acked at
 ``t1`` (the agent's clock) one sample is ``tc - (t0 + t1) / 2`` with round trip ``t1 - t0``; the
-estimate is the sample with the shortest round trip of the last ``WINDOW`` (least queueing).
+estimate is the sample with the shortest round trip of the last ``WINDOW`` (least queueing); it
+is only called off (a warning) when it exceeds the threshold by more than half that round trip.
 """
 
 from __future__ import annotations
@@ -137,8 +138,11 @@ class AgentClock:
         rtt = max(acked_mono - sent_mono, 0.0)
         midpoint = acked_wall - timedelta(seconds=rtt / 2)
         self.samples.append((rtt, (collector_now - midpoint).total_seconds()))
-        self.offset_s = min(self.samples)[1]
-        large = abs(self.offset_s) > self.threshold_s
+        best_rtt, self.offset_s = min(self.samples)
+        # The true offset lies within rtt/2 of the sample (delays need not be symmetric: a busy
+        # collector queues a batch long before it commits and acks it); warn only when even the
+        # most favourable reading of the sample is off by more than the threshold.
+        large = abs(self.offset_s) - best_rtt / 2 > self.threshold_s
         if large != self._large:
             self._large = large
             if large:

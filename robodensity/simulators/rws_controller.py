@@ -44,6 +44,7 @@ from websockets.http11 import Request, Response
 
 from robodensity.core.wire import State
 from robodensity.simulators.behaviour import Schedule, SimClock, due_changes
+from robodensity.simulators.device import SwitchedDevice
 
 REALM = "validusers@robapi.abb"
 WIRE: dict[State, tuple[str, str, str]] = {
@@ -60,7 +61,7 @@ def _md5(text: str) -> str:
     return hashlib.md5(text.encode()).hexdigest()  # HTTP Digest (RFC 2617) is MD5
 
 
-class RwsController:
+class RwsController(SwitchedDevice):
     """One controller on 127.0.0.1; ``robotware`` 6 or 7; ``tls`` makes it https/wss."""
 
     def __init__(
@@ -103,13 +104,6 @@ class RwsController:
     @property
     def powered(self) -> bool:
         return self._http is not None
-
-    async def __aenter__(self) -> RwsController:
-        await self.power_on()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.power_off()
 
     async def power_on(self) -> None:
         with self._lock:

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 
 from robodensity.core.wire import State
 from robodensity.simulators.behaviour import Schedule, SimClock, due_changes
+from robodensity.simulators.device import SwitchedDevice
 
 PORT = 29999
 BANNER = "Connected: Universal Robots Dashboard Server"
@@ -41,7 +42,7 @@ WIRE: dict[State, tuple[str, str, str, str]] = {
 _ACTIONS = ("load", "play", "stop", "pause", "power", "brake", "unlock", "close", "restart", "shutdown")
 
 
-class UrDashRobot:
+class UrDashRobot(SwitchedDevice):
     """One robot's Dashboard Server on 127.0.0.1 (``port`` 0: a free one)."""
 
     def __init__(self, serial: str, model: str = "UR10", version: str = "5.11", port: int = 0) -> None:
@@ -63,13 +64,6 @@ class UrDashRobot:
     @property
     def powered(self) -> bool:
         return self._server is not None
-
-    async def __aenter__(self) -> UrDashRobot:
-        await self.power_on()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.power_off()
 
     async def power_on(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
