@@ -135,20 +135,33 @@ COMMENT ON COLUMN density.utilisation IS
 DELETE FROM department_views WHERE view_name IN ('v_robot_state_15m', 'v_robot_state_daily', 'v_robot_daily_seconds');
 INSERT INTO department_views VALUES ('v_robot_blocks_15m'), ('v_robot_blocks_daily') ON CONFLICT DO NOTHING;
 
--- Views call robot_in_operation and clock_now (013) as the reading role: every role that reads
--- views may execute them.
-ALTER FUNCTION apply_roles() RENAME TO apply_roles_014;
+-- Grants of later objects: a row each in role_grants, run by apply_roles() after the grants of
+-- 008 and 012, with %1$I the collector, %2$I the reader and %3$I the department group role
+-- (format()'s positional arguments). A migration adds a row instead of wrapping apply_roles().
+CREATE TABLE role_grants (
+    grant_id   serial PRIMARY KEY,
+    migration  integer NOT NULL,
+    statement  text NOT NULL
+);
+ALTER FUNCTION apply_roles() RENAME TO apply_roles_012;
 CREATE FUNCTION apply_roles() RETURNS text
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
-    owner_role text := apply_roles_014();
+    owner_role text := apply_roles_012();
+    g record;
 BEGIN
     IF owner_role IS NULL THEN   -- no CREATEROLE: 008 said so
         RETURN NULL;
     END IF;
-    EXECUTE format('GRANT EXECUTE ON FUNCTION robot_in_operation(boolean, date, date, date), clock_now() '
-                   'TO %I, %I, %I',
-                   role_prefix() || '_collector', role_prefix() || '_reader', role_prefix() || '_department');
+    FOR g IN SELECT statement FROM role_grants ORDER BY migration, grant_id LOOP
+        EXECUTE format(g.statement, role_prefix() || '_collector', role_prefix() || '_reader',
+                       role_prefix() || '_department');
+    END LOOP;
     RETURN owner_role;
 END
 $$;
+
+-- Views call robot_in_operation and clock_now (013) as the reading role: every role that reads
+-- views may execute them.
+INSERT INTO role_grants (migration, statement) VALUES
+    (15, 'GRANT EXECUTE ON FUNCTION robot_in_operation(boolean, date, date, date), clock_now() TO %1$I, %2$I, %3$I');

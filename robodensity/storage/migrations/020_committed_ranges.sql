@@ -80,16 +80,4 @@ END
 $$;
 
 -- The collector updates committed with acked_through.
-ALTER FUNCTION apply_roles() RENAME TO apply_roles_015;
-CREATE FUNCTION apply_roles() RETURNS text
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
-DECLARE
-    owner_role text := apply_roles_015();
-BEGIN
-    IF owner_role IS NULL THEN   -- no CREATEROLE: 008 said so
-        RETURN NULL;
-    END IF;
-    EXECUTE format('GRANT UPDATE (committed) ON agents TO %I', role_prefix() || '_collector');
-    RETURN owner_role;
-END
-$$;
+INSERT INTO role_grants (migration, statement) VALUES (20, 'GRANT UPDATE (committed) ON agents TO %1$I');

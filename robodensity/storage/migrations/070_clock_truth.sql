@@ -25,16 +25,5 @@ SELECT a.agent_id, a.factory_id, a.clock_offset_s, a.clock_offset_at
 FROM agents a;
 
 -- The collector records the agents' offsets.
-ALTER FUNCTION apply_roles() RENAME TO apply_roles_before_070;
-CREATE FUNCTION apply_roles() RETURNS text
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
-DECLARE
-    owner_role text := apply_roles_before_070();
-BEGIN
-    IF owner_role IS NULL THEN   -- no CREATEROLE: 008 said so
-        RETURN NULL;
-    END IF;
-    EXECUTE format('GRANT UPDATE (clock_offset_s, clock_offset_at) ON agents TO %I', role_prefix() || '_collector');
-    RETURN owner_role;
-END
-$$;
+INSERT INTO role_grants (migration, statement) VALUES
+    (70, 'GRANT UPDATE (clock_offset_s, clock_offset_at) ON agents TO %1$I');
