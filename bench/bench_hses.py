@@ -34,6 +34,8 @@ import time
 from datetime import date
 from typing import Any
 
+from bench.pacing import Window
+
 REQUEST = bytes.fromhex("5945524320000000030100000000000039393939393939397200010000010000")
 """0x72 status, instance 1, all attributes (request id at byte 11), from the protocol reference."""
 
@@ -65,12 +67,10 @@ class _Bare(asyncio.DatagramProtocol):
 
 
 async def _bare(ports: list[int], seconds: float, warmup: float) -> dict[str, float]:
-    reads = late = 0
-    counting = False
+    window = Window()
     loop = asyncio.get_running_loop()
 
     async def one(port: int) -> None:
-        nonlocal reads, late
         transport, proto = await loop.create_datagram_endpoint(_Bare, remote_addr=("127.0.0.1", port))
         rng = random.Random(port)
         next_at = time.monotonic() + rng.uniform(0, 1.0)
@@ -83,25 +83,11 @@ async def _bare(ports: list[int], seconds: float, warmup: float) -> dict[str, fl
             transport.sendto(bytes(request))
             with contextlib.suppress(TimeoutError):
                 reply = await asyncio.wait_for(proto.waiter, 0.8)
-                if len(reply) >= 40 and reply[11] == rid and counting:
-                    reads += 1
-            next_at += 1.0 * (1 + rng.uniform(-0.1, 0.1))
-            delay = next_at - time.monotonic()
-            if delay < 0:
-                late += counting
-                next_at = time.monotonic()
-            await asyncio.sleep(max(0.0, delay))
+                if len(reply) >= 40 and reply[11] == rid:
+                    window.read()
+            next_at = await window.next_poll(next_at, rng)
 
-    tasks = [asyncio.create_task(one(p)) for p in ports]
-    await asyncio.sleep(warmup)
-    counting = True
-    cpu0, t0 = time.process_time(), time.monotonic()
-    await asyncio.sleep(seconds)
-    cpu, wall = time.process_time() - cpu0, time.monotonic() - t0
-    counting = False
-    for t in tasks:
-        t.cancel()
-    return {"reads": reads, "cpu_s": cpu, "wall_s": wall, "overruns": late}
+    return await window.measure([asyncio.create_task(one(p)) for p in ports], seconds, warmup)
 
 
 async def _sources(ports: list[int], seconds: float, warmup: float) -> dict[str, float]:

@@ -35,6 +35,8 @@ import time
 from datetime import date
 from typing import Any
 
+from bench.pacing import Window
+
 ESTUN_BLOCK = (0, 19)  # offset, count: the estun profile's one block
 
 
@@ -64,11 +66,9 @@ def _simulate(ports: list[int], units: list[int], ready: Any, stop: Any) -> None
 async def _bare(ports: list[int], units: list[int], seconds: float, warmup: float) -> dict[str, float]:
     from pymodbus.client import AsyncModbusTcpClient
 
-    reads = late = 0
-    counting = False
+    window = Window()
 
     async def one(port: int, n: int) -> None:
-        nonlocal reads, late
         client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2.0, retries=0, reconnect_delay=0)
         await client.connect()
         rng = random.Random(port)
@@ -76,25 +76,11 @@ async def _bare(ports: list[int], units: list[int], seconds: float, warmup: floa
         while True:
             for unit in range(1, n + 1):
                 reply = await client.read_holding_registers(ESTUN_BLOCK[0], count=ESTUN_BLOCK[1], device_id=unit)
-                if not reply.isError() and counting:
-                    reads += 1
-            next_at += 1.0 * (1 + rng.uniform(-0.1, 0.1))
-            delay = next_at - time.monotonic()
-            if delay < 0:
-                late += counting
-                next_at = time.monotonic()
-            await asyncio.sleep(max(0.0, delay))
+                if not reply.isError():
+                    window.read()
+            next_at = await window.next_poll(next_at, rng)
 
-    tasks = [asyncio.create_task(one(p, n)) for p, n in zip(ports, units)]
-    await asyncio.sleep(warmup)
-    counting = True
-    cpu0, t0 = time.process_time(), time.monotonic()
-    await asyncio.sleep(seconds)
-    cpu, wall = time.process_time() - cpu0, time.monotonic() - t0
-    counting = False
-    for t in tasks:
-        t.cancel()
-    return {"reads": reads, "cpu_s": cpu, "wall_s": wall, "overruns": late}
+    return await window.measure([asyncio.create_task(one(p, n)) for p, n in zip(ports, units)], seconds, warmup)
 
 
 async def _sources(ports: list[int], units: list[int], seconds: float, warmup: float) -> dict[str, float]:
