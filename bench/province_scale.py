@@ -12,32 +12,39 @@ dashboards read, as the metrics job would have left it:
 * monthly ``density`` rows (definition ``participating``) for every region x industry,
   computed in SQL from the registry and the blocks by the job's definitions: robots in
   operation and employees as registered, verified = robots with EXECUTING time in the
-  month, reporting = robots with a day not wholly OFFLINE, utilisation = executing / covered;
+  month, reporting = robots with a day not wholly OFFLINE, utilisation = planned executing / planned
+  time (two shifts a day);
 * agents (one per factory) and dead letters, for the fleet dashboard.
 
-No raw events and no 15-minute blocks: the factory dashboard is timed at its own scale by
-``bench_dashboards`` without ``--blocks``.
+Raw events (and the 15-minute and daily blocks the metrics job computes from them) only for
+the factory with the most robots, over the whole period: the factory dashboard is timed on it,
+in a province of full size (its robot lookups are province-wide unless an index cuts them).
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from collections import Counter
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import psycopg
 
-from robodensity.app.metrics_job import LOCAL_TZ
-from robodensity.simulators.province import ProvinceSpec, generate, write_registry_csv
+from robodensity.app.metrics_job import CELLS_PER_CHUNK, LOCAL_TZ, layout, store_chunk
+from robodensity.simulators.load import load_events
+from robodensity.simulators.province import Province, ProvinceSpec, generate, write_registry_csv
+from robodensity.storage.binary_copy import CopyWriter, reader_beside
 from robodensity.storage.db import connect
 from robodensity.storage.registry import import_registry, load_reference_targets
 
 DAY_S = 86_400.0
 PG_EPOCH = date(2000, 1, 1)
-FLOATS = ("executing_s", "idle_s", "fault_s", "out_of_service_s", "offline_s", "planned_s")
+FLOATS = ("executing_s", "idle_s", "fault_s", "out_of_service_s", "offline_s", "planned_s", "planned_executing_s")
 COLUMNS = ("robot_id", "day", "factory_id", *FLOATS, "failures", "repairs", "repair_s")
 CHUNK_ROBOTS = 500
+PLANNED_S = 57_600.0
 
 
 def _dtype(id_len: int) -> np.dtype:
@@ -76,7 +83,8 @@ def blocks(
     rec["out_of_service_s"] = out_of_service * online
     rec["offline_s"] = offline
     rec["idle_s"] = np.maximum(DAY_S - rec["executing_s"] - rec["fault_s"] - rec["out_of_service_s"] - offline, 0)
-    rec["planned_s"] = 57_600.0
+    rec["planned_s"] = PLANNED_S  # two shifts a day: planned_s = covered_s x the planned share
+    rec["planned_executing_s"] = rec["executing_s"] * (PLANNED_S / DAY_S)
     rec["failures"] = failures * online
     rec["repairs"] = rec["failures"]
     rec["repair_s"] = rec["fault_s"]
@@ -92,7 +100,8 @@ WITH months AS (
   FROM generate_series(%(start)s::date, %(end)s::date - 1, interval '1 month') m
 ),
 per_robot AS (
-  SELECT b.robot_id, m.first, sum(b.executing_s) AS executing_s,
+  SELECT b.robot_id, m.first, sum(b.executing_s) AS executing_s, sum(b.planned_executing_s) AS planned_executing_s,
+         sum(b.planned_s) AS planned_s,
          sum(b.executing_s + b.idle_s + b.fault_s + b.out_of_service_s + b.offline_s) AS covered_s,
          bool_or(b.offline_s < DOUBLE PRECISION '86400') AS reported
   FROM robot_blocks_daily b JOIN months m ON b.day >= m.first AND b.day < m.next
@@ -106,7 +115,7 @@ scoped AS (
   SELECT fr.region_code, GROUPING(fr.industry_code) AS all_ind, fr.industry_code, p.first,
          count(*) AS robots, count(*) FILTER (WHERE p.executing_s > 0) AS verified,
          count(*) FILTER (WHERE p.reported) AS reporting,
-         avg(f.domestic::int) AS domestic_share, sum(p.executing_s) / NULLIF(sum(p.covered_s), 0) AS utilisation
+         avg(f.domestic::int) AS domestic_share, sum(p.planned_executing_s) / NULLIF(sum(p.planned_s), 0) AS utilisation
   FROM per_robot p JOIN fleet f USING (robot_id) JOIN v_factory_region fr ON fr.factory_id = f.factory_id
   GROUP BY GROUPING SETS ((fr.region_code, fr.industry_code, p.first), (fr.region_code, p.first))
 ),
@@ -126,8 +135,35 @@ JOIN employees e ON e.region_code = s.region_code AND e.all_ind = s.all_ind
 """
 
 
-def load_scale(url: str, schema: str, spec: ProvinceSpec, days: int, end: datetime, seed: int) -> dict[str, float]:
-    """Load the province into ``schema``; returns seconds per step (and the row counts)."""
+def factory_telemetry(
+    conn: psycopg.Connection, province: Province, first_day: date, days: int, end: datetime, seed: int
+) -> tuple[str, int]:
+    """Raw state events for the factory with the most robots, and its robots' 15-minute and daily
+    blocks computed from them by the metrics job's own code (replacing their generated daily
+    blocks), for the factory dashboard; returns the factory and its number of events."""
+    robots_of = Counter(r.factory for r in province.robots)
+    busiest = min(robots_of, key=lambda f: (-robots_of[f], f))
+    start = datetime.combine(first_day, datetime.min.time(), LOCAL_TZ)
+    load_events(conn, [r for r in province.robots if r.factory == busiest], seed, start, end)
+    ids = np.array([r[0] for r in conn.execute("SELECT DISTINCT robot_id FROM events ORDER BY 1")], dtype=np.int64)
+    factory_ids = [r[0] for r in conn.execute("SELECT factory_id FROM factories ORDER BY 1")]
+    lay = layout(start, end)
+    per_chunk = max(1, CELLS_PER_CHUNK // (len(lay.edges) - 1))
+    with reader_beside(conn) as reader, conn.transaction():
+        conn.execute("DELETE FROM robot_blocks_daily WHERE robot_id = ANY(%s)", (ids.tolist(),))
+        with CopyWriter(conn) as writer:
+            for i in range(0, len(ids), per_chunk):
+                store_chunk(reader, writer, ids[i : i + per_chunk], lay, 0, start, end, factory_ids)
+    n_events = conn.execute("SELECT count(*) FROM events").fetchone()
+    conn.commit()
+    return busiest, int(n_events[0]) if n_events else 0
+
+
+def load_scale(
+    url: str, schema: str, spec: ProvinceSpec, days: int, end: datetime, seed: int
+) -> tuple[dict[str, float], str]:
+    """Load the province into ``schema``; returns seconds per step (and the row counts), and the
+    factory with raw events (the factory dashboard's)."""
     first_day = (end - timedelta(days=days)).astimezone(LOCAL_TZ).date()
     timings: dict[str, float] = {}
     province = generate(spec, seed)
@@ -159,6 +195,10 @@ def load_scale(url: str, schema: str, spec: ProvinceSpec, days: int, end: dateti
         timings["robot_blocks_daily COPY s"] = time.perf_counter() - t0
         timings["robot_blocks_daily rows"] = len(ids) * days
         t0 = time.perf_counter()
+        busiest, n_events = factory_telemetry(conn, province, first_day, days, end, seed)
+        timings[f"raw events of factory {busiest} (its robots' blocks from them)"] = n_events
+        timings["factory events and blocks s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         conn.execute("SELECT refresh_region_daily(%s, %s)", (first_day, first_day + timedelta(days=days)))
         conn.commit()
         timings["refresh_region_daily s"] = time.perf_counter() - t0
@@ -186,4 +226,4 @@ def load_scale(url: str, schema: str, spec: ProvinceSpec, days: int, end: dateti
         conn.autocommit = True
         conn.execute("VACUUM ANALYZE")
         timings["agents, dead letters, VACUUM ANALYZE s"] = time.perf_counter() - t0
-    return timings
+    return timings, busiest

@@ -54,6 +54,12 @@ def loaded(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
                 "DELETE FROM events WHERE robot_id IN (SELECT robot_id FROM robots WHERE serial = ANY(%s))",
                 ([r.serial for r in silent],),
             )
+            # One factory of the first city works two shifts five days a week; the rest are 24/7.
+            conn.execute(
+                "INSERT INTO factory_shifts (factory_id, valid_from, days, start_min, end_min) "
+                "VALUES (%s, '2000-01-01', '12345', 360, 1320)",
+                (_calendar_factory(province),),
+            )
             conn.commit()
             metrics_job.compute(conn, START, FEB)
             metrics_job.compute(conn, FEB, END)
@@ -61,6 +67,11 @@ def loaded(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
         yield Loaded(pg_url, schema, province, {r.serial for r in silent})
     finally:
         drop_schema(pg_url, schema)
+
+
+def _calendar_factory(province: Province) -> str:
+    city = province.regions[1].code
+    return next(f.id for f in province.factories if f.region == city)
 
 
 def _figures(page: str) -> dict[tuple[str, str], str]:
@@ -76,7 +87,7 @@ def test_bulletin_figures_match_the_database_and_the_simulation(loaded: Loaded, 
         db = {
             r[0]: r[1:]
             for r in conn.execute(
-                "SELECT region_code, robot_density, verified_density, coverage, utilisation, robot_count "
+                "SELECT region_code, robot_density, verified_density, coverage, utilisation, robot_count, plan "
                 "FROM v_density WHERE industry_code = '*' AND period_start = %s AND period_end = %s",
                 (FEB, END),
             )
@@ -95,7 +106,7 @@ def test_bulletin_figures_match_the_database_and_the_simulation(loaded: Loaded, 
         assert float(fig[("robot_density", code)]) == pytest.approx(
             len(robots) / sum(f.employees for f in facs) * 10_000
         )
-        _density, verified, coverage, utilisation, count = db[code]
+        _density, verified, coverage, utilisation, count, plan = db[code]
         assert float(fig[("verified_density", code)]) == pytest.approx(verified)
         assert float(fig[("coverage", code)]) == pytest.approx(coverage)
         assert float(fig[("utilisation", code)]) == pytest.approx(utilisation)
@@ -103,8 +114,16 @@ def test_bulletin_figures_match_the_database_and_the_simulation(loaded: Loaded, 
         silent = sum(r.serial in loaded.silent for r in robots)
         assert float(fig[("coverage", code)]) == pytest.approx((len(robots) - silent) / len(robots))
         assert ("density_change", code) in fig  # January was computed too: movers listed
+        # the plan utilisation divides by, next to it in every city's row
+        assert f'data-key="plan" data-region="{code}" data-plan="{plan}"' in page
+        calendar = _calendar_factory(prov) in {f.id for f in facs}
+        assert plan == (
+            f"planned: shift calendars (1 of {len(facs)} factories, the others 24/7)" if calendar else "planned: 24/7"
+        )
+    assert f'data-plan="{db["320000"][-1]}"' in page  # and next to the province's own utilisation
     # Chinese and English labels; the silent robots appear as a data gap in both languages.
     assert "机器人密度" in page and "Robot density" in page and "<svg" in page
+    assert "计划时间：全天候 planned: 24/7" in page and "计划时间：班次日历（" in page
     city = prov.regions[1]
     assert f"{SILENT} 台登记机器人本月未上报数据" in page and f"{city.name_en}: {SILENT} registered robots" in page
 
@@ -248,6 +267,9 @@ def test_bulletin_pdf_embeds_a_cjk_font_and_the_chinese_headings_render(
     text = subprocess.run([_poppler("pdftotext"), str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     for heading in HEADINGS_ZH:
         assert heading in text, f"{heading!r} not in the PDF's text"
+    # the plan, in both languages, as Chromium printed it
+    flat = re.sub(r"\s+", " ", text)
+    assert "计划时间" in flat and "planned: 24/7" in flat and "planned: shift calendars (1 of" in flat, flat[:2000]
 
     # The same page rendered with only a Latin font installed differs: Chinese glyphs were drawn, not boxes.
     def shot(name: str) -> list[bytes]:

@@ -156,6 +156,8 @@ def test_report_density_as_csv_and_json_matches_the_registry(filled: dict) -> No
     assert float(rows["320000"]["robot_density"]) == pytest.approx(len(province.robots) / employees * 1e4)
     as_json = json.loads(runner.invoke(app, [*args, "--format", "json"]).stdout)
     assert {r["region_code"] for r in as_json} == set(rows)
+    # utilisation names its plan in every row: no factory has a shift calendar, so 24/7
+    assert {r["plan"] for r in as_json} == {rows[code]["plan"] for code in rows} == {"planned: 24/7"}
     bad = runner.invoke(app, [*args, "--format", "xml"])
     assert bad.exit_code == 2 and "--format must be one of table, csv, json" in bad.output
 

@@ -14,13 +14,18 @@ from robodensity.app import metrics_job
 from robodensity.collector.clocks import agent_offsets
 from robodensity.collector.validate import Incoming
 from robodensity.core import clock, wire
+from robodensity.core.settings import OpcUaSourceSettings
 from robodensity.core.wire import Reading, RobotId, State
 from robodensity.dashboards import fleet, macros
 from robodensity.edge.agent import EdgeAgent
 from robodensity.edge.clock_truth import AgentClock, ClockTruth
+from robodensity.edge.outbox import Outbox
+from robodensity.edge.sources.opcua import OpcUaSource
 from robodensity.simulators.mqtt_robot import MqttRobots
+from robodensity.simulators.opcua_controller import OpcUaController, SimRobot
 from robodensity.storage.db import connect
 from tests.helpers import mqtt_json_factory, running_collector, wait_until_async
+from tests.rig import rig_settings
 
 T = datetime(2026, 6, 1, 8, tzinfo=UTC)
 R = RobotId("KUKA", "S1")
@@ -235,3 +240,146 @@ async def test_controllers_an_hour_fast_and_ten_minutes_slow_count_fully_and_sho
         assert keys[2] not in ahead
         agents = conn.execute(macros.expand(fleet.AGENT_CLOCKS, time_from=start, time_to=end)).fetchall()
         assert [a[0] for a in agents] == ["a1"] and abs(agents[0][2]) < 1
+
+
+# ----------------------------------------------------------------------------- across a restart
+
+
+def _learn_fast(truth: ClockTruth, n: int = 20) -> datetime:
+    """``n`` readings of R an hour fast, a minute apart; returns the last one's true time."""
+    for i in range(n):
+        t = T + _s(60 * i)
+        truth.observe(Reading.of_state(R, t + _s(3600), State.IDLE), t + _s(0.3))
+    return t
+
+
+def test_restored_estimates_judge_a_backlog_delivered_right_after_a_restart() -> None:
+    before = ClockTruth(threshold_s=2.0)
+    last = _learn_fast(before)
+    saved = before.snapshot()
+    after, fresh = ClockTruth(threshold_s=2.0), ClockTruth(threshold_s=2.0)
+    after.restore(saved)
+    assert after.offsets() == pytest.approx(before.offsets()) and after.corrected_robots == 1
+    # changes of the half hour the agent was down, stamped by the fast clock, delivered at once
+    restart = last + _s(1800)
+    backlog = [Reading.of_state(R, last + _s(300 * i) + _s(3600), State.EXECUTING) for i in range(1, 6)]
+    judged = [after.observe(r, restart) for r in backlog]
+    assert [r.ts for r in judged] == [last + _s(300 * i) + _s(0.3) for i in range(1, 6)]
+    # learnt again from the backlog alone, the same changes would pile up near the restart
+    unlearnt = [fresh.observe(r, restart) for r in backlog]
+    assert unlearnt[0].ts == restart and unlearnt[-1].ts != last + _s(1500)
+
+
+def test_a_saved_estimate_that_does_not_read_is_learnt_again(caplog: pytest.LogCaptureFixture) -> None:
+    truth = ClockTruth(threshold_s=2.0)
+    with caplog.at_level("WARNING"):
+        truth.restore({R.key: '{"deltas": [1.0], "received": []}', "ABB/X": "not json"})
+    assert truth.robots == {} and caplog.text.count("does not read") == 2
+
+
+def test_the_outbox_keeps_the_estimates_across_a_reopen(tmp_path: Path) -> None:
+    truth = ClockTruth(threshold_s=2.0)
+    _learn_fast(truth)
+    box = Outbox(tmp_path / "outbox.sqlite")
+    assert box.load_state("clock") == {} and box.save_state("clock", truth.snapshot())
+    box.close()
+    box = Outbox(tmp_path / "outbox.sqlite")
+    assert box.load_state("clock") == truth.snapshot()
+    box.close()
+
+
+async def test_a_restarted_agent_keeps_a_fast_controllers_estimate(
+    pg_url: str, broker_url: str, schema: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    province, settings = mqtt_json_factory(pg_url, broker_url, schema, tmp_path, 1, 12, flush_ms=5)
+    key = province.robots[0].key
+    start = datetime(2026, 6, 1, 8, tzinfo=UTC)
+    learnt = [(start + _s(120 * i), (State.EXECUTING, State.IDLE)[i % 2]) for i in range(20)]  # last: IDLE
+    restart = learnt[-1][0] + _s(1800)
+    backlog = [(learnt[-1][0] + _s(300 * i), (State.EXECUTING, State.IDLE)[(i + 1) % 2]) for i in range(1, 6)]
+
+    async def run_agent(changes: list[tuple[datetime, State]], received: datetime | None) -> EdgeAgent:
+        agent = EdgeAgent(settings, broker_url)
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        try:
+            await wait_until_async(lambda: agent.sources[0].subscribed.is_set(), 10, "source subscription")
+            for n, (t, state) in enumerate(changes, 1):
+                monkeypatch.setattr(clock, "_frozen", received or t + _s(0.3))
+                sim.publish_state(key, state, t, retain=False)
+                if received is None:  # one by one, as they happen
+                    await wait_until_async(lambda n=n: agent.stats.acked_events >= n, 10, f"ack of change {n}")
+            await wait_until_async(lambda: agent.stats.acked_events >= len(changes), 10, "acks")
+        finally:
+            stop.set()
+            await task
+        return agent
+
+    monkeypatch.setattr(clock, "_frozen", start)
+    with (
+        running_collector(settings, pg_url, broker_url, schema),
+        MqttRobots(broker_url, province.factories[0].id, [key], clock_skew_s=3600.0) as sim,
+    ):
+        first = await run_agent(learnt, None)
+        assert first.clock_truth.offsets()[key] == pytest.approx(-3600, abs=1)
+        again = EdgeAgent(settings, broker_url)  # what the next run starts with, before any reading
+        assert again.clock_truth.offsets()[key] == pytest.approx(-3600, abs=1)
+        assert again.clock_truth.corrected_robots == 1
+        again.outbox.close()
+        await run_agent(backlog, restart)  # the half hour it was down, delivered at once
+    with connect(pg_url, schema) as conn:
+        assert conn.execute("SELECT count(*) FROM dead_letters").fetchone() == (0,)
+        stored = conn.execute(
+            "SELECT ts, clock_offset_s FROM events WHERE ts > %s ORDER BY ts", (learnt[-1][0] + _s(1),)
+        ).fetchall()
+    assert len(stored) == len(backlog)
+    for (ts, offset), (t, _state) in zip(stored, backlog, strict=True):
+        assert abs((ts - t).total_seconds()) < 2 and offset == pytest.approx(-3600, abs=1)
+
+
+# ----------------------------------------------------------------------------- OPC UA
+
+
+@pytest.mark.slow
+async def test_an_opc_ua_controller_an_hour_fast_is_corrected_and_nothing_is_refused(
+    pg_url: str, broker_url: str, schema: str, tmp_path: Path
+) -> None:
+    robots = [SimRobot("KUKA", f"KR-C{i}", "KR 16") for i in range(2)]
+    settings = rig_settings(schema, tmp_path)
+    async with OpcUaController(robots, name="fast", clock_offset_s=3600.0) as ctl:
+        source = OpcUaSource(OpcUaSourceSettings(url=ctl.url, publishing_interval_ms=50))
+        with running_collector(settings, pg_url, broker_url, schema):
+            agent = EdgeAgent(settings, broker_url, sources=[source])
+            stop = asyncio.Event()
+            task = asyncio.create_task(agent.run(stop))
+            written: list[tuple[str, State, datetime]] = []
+            try:
+
+                def all_in(state: State) -> bool:
+                    return all(agent.stats.robot_state.get(r.key) is state for r in robots)
+
+                await wait_until_async(lambda: all_in(State.IDLE), 20, "the first snapshot of every robot")
+                for state in (State.EXECUTING, State.FAULT, State.IDLE, State.EXECUTING):
+                    for r in robots:
+                        t = datetime.now(UTC)  # the true time; the controller stamps t + 1 h
+                        await ctl.set_state(r.key, state, t)
+                        written.append((r.serial, state, t))
+                    await wait_until_async(lambda s=state: all_in(s), 10, f"{state.value} of every robot")
+                await wait_until_async(lambda: agent.backlog() == 0, 20, "the outbox to drain")
+            finally:
+                stop.set()
+                await task
+    for r in robots:
+        assert agent.clock_truth.offsets()[r.key] == pytest.approx(-3600, abs=2)
+    with connect(pg_url, schema) as conn:
+        assert conn.execute("SELECT count(*) FROM dead_letters").fetchone() == (0,)
+        stored = conn.execute(
+            "SELECT r.serial, e.state, e.ts, e.clock_offset_s FROM events e JOIN robots r USING (robot_id) "
+            "WHERE e.type = 'state' ORDER BY r.serial, e.ts, e.seq"
+        ).fetchall()
+    for serial, state, t in written:
+        got = [(ts, offset) for s, st, ts, offset in stored if s == serial and st == state.value]
+        ts, offset = min(got, key=lambda g: abs((g[0] - t).total_seconds()))
+        assert abs((ts - t).total_seconds()) < 2, (serial, state, ts, t)  # near the truth, not an hour on
+        assert offset == pytest.approx(-3600, abs=2), (serial, state)
+    assert all(ts <= datetime.now(UTC) for _, _, ts, _ in stored)  # nothing left in the future

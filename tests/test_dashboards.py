@@ -315,7 +315,9 @@ def test_factory_utilisation_and_reliability_match_the_simulated_schedules(loade
     truths = [seconds_in_state(loaded.schedules[r.key], START, END) for r in robots]
     executing = sum(t[State.EXECUTING] for t in truths)
     assert _value(loaded, uid, "Robots in operation", v) == len(robots)
-    assert _value(loaded, uid, "Availability", v) == pytest.approx(executing / sum(sum(t.values()) for t in truths))
+    # 24/7: utilisation on planned time = availability = EXECUTING / covered time of the whole range
+    availability = _value(loaded, uid, "Utilisation 利用率 = availability", v)
+    assert availability == pytest.approx(executing / sum(sum(t.values()) for t in truths))
 
     # From the schedules in plain Python: a failure is a FAULT entry (the schedule never repeats a
     # state); it is repaired by the next entry, with its whole duration, when that is before END.
@@ -358,18 +360,29 @@ def test_factory_state_timeline_shows_the_schedules_then_daily_states(loaded: Lo
         expected += [(t, robot, s.value) for t, s in sched if t0 < t <= t1]
     assert sorted(rows) == sorted(expected) and len(rows) > 2 * len(schedules)
 
-    # A long range: per robot and local day, the state it spent most time in, at the day's start.
+    # A long range: per robot and local day, the state it spent most time in, at the day's start,
+    # where it changes (the timeline draws each state until the robot's next point).
     _cols, rows = run(loaded, sql, v)
-    got = {(t, robot): state for t, robot, state in rows}
-    assert len(got) == len(rows) == len(schedules) * (END - START).days
+    points: dict[str, list[tuple[datetime, str]]] = {}
+    for t, robot, state in sorted(rows):
+        points.setdefault(robot, []).append((t, state))
     order = list(STATE_COLOURS)
+    repeats = 0
     for robot, sched in schedules.items():
+        assert points[robot][0][0] == START  # every robot's first day
+        shown = [s for _, s in points[robot]]
+        assert all(a != b for a, b in zip(shown, shown[1:], strict=False)), robot  # changes only
+        expected_before = None
         for d in range((END - START).days):
             day = START + timedelta(days=d)
             secs = seconds_in_state(sched, day, day + timedelta(days=1))
             top = max(secs.values())
             expected_state = min((s.value for s in secs if secs[s] == top), key=order.index)
-            assert got[(day, robot)] == expected_state, (robot, day, secs)
+            drawn = [s for t, s in points[robot] if t <= day][-1]
+            assert drawn == expected_state, (robot, day, secs)
+            repeats += expected_state == expected_before
+            expected_before = expected_state
+    assert len(rows) == len(schedules) * (END - START).days - repeats
 
 
 def test_the_factory_dashboard_names_the_plan_its_availability_uses(loaded: Loaded) -> None:

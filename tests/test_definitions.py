@@ -65,7 +65,7 @@ def fleets(draw: st.DrawFn) -> tuple[Context, dict[str, int]]:
         n_rob, N_STATES
     )
     fleet = Fleet(ids, factory, domestic, [f"f{i}" for i in range(n_fac)], region, industry, employees)
-    totals = PeriodTotals(ids, seconds.reshape(n_rob, N_STATES), np.ones((n_fac, N_STATES)))
+    totals = PeriodTotals(ids, seconds.reshape(n_rob, N_STATES), np.ones((n_fac, N_STATES)), np.ones((n_fac, 2)))
     on = factory >= 0
     ctx = Context(
         fleet=fleet,
@@ -298,6 +298,7 @@ def test_report_density_json_names_definition_source_vintage_and_coverage(loaded
         for r in rows:
             assert r["definition"] == definition and r["denominator_source"] and r["vintage"]
             assert "coverage" in r and "employment_coverage" in r
+            assert r["plan"] == "planned: 24/7"  # beside utilisation: no factory has a shift calendar here
     assert rows[0]["employment_coverage"] == pytest.approx(0.25)
 
 
@@ -327,24 +328,29 @@ def test_statistics_import_reports_every_problem_and_imports_nothing(loaded: Loa
 def test_definitions_import_adds_a_definition_and_rejects_unknown_scopes(loaded: Loaded) -> None:
     good = _write(
         loaded.folder / "definitions.csv",
-        "definition,numerator,scope,unit,denominator,title,title_zh\n"
-        "official-verified-key,verified,key,robots,official,Verified robots in key industries,重点行业核验密度\n",
+        "definition,numerator,scope,unit,denominator,title,title_zh,origin\n"
+        "official-verified-key,verified,key,robots,official,Verified robots in key industries,重点行业核验密度,\n"
+        "js-key,in_operation,key,robots,official,Jiangsu key industries,江苏重点行业,320000\n",
     )
     bad = _write(
         loaded.folder / "defs-bad.csv",
-        "definition,numerator,scope,unit,denominator,title\nX,working,services,robots,official,t\n",
+        "definition,numerator,scope,unit,denominator,title,origin\nX,working,services,robots,official,t,jiangsu\n",
     )
     env = {"ROBODENSITY_DATABASE__URL": loaded.url}
     res = CliRunner().invoke(app, ["definitions", "import", str(bad), "--schema", loaded.schema], env=env)
     assert res.exit_code == 2
     assert f"{bad}:2: scope: 'services' is not one of all, key, above_designated_size" in res.output
     assert f"{bad}:2: definition: 'X' is not a name" in res.output
+    assert f"{bad}:2: origin: 'jiangsu' is neither local nor a GB/T 2260 region code like 320000" in res.output
     res = CliRunner().invoke(app, ["definitions", "import", str(good), "--schema", loaded.schema], env=env)
     assert res.exit_code == 0, res.output
     with connect(loaded.url, loaded.schema) as conn:
         assert conn.execute(
             "SELECT numerator, scope FROM density_definitions WHERE definition = 'official-verified-key'"
         ).fetchone() == ("verified", "key")
+        origins = dict(conn.execute("SELECT definition, origin FROM density_definitions"))
+    assert origins["official-verified-key"] == "local" and origins["js-key"] == "320000"  # published by Jiangsu
+    assert origins["participating"] == "shipped"
 
 
 def test_reconcile_sets_registered_and_verified_against_the_ifr_stock(loaded: Loaded) -> None:

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from robodensity.app import metrics_job
@@ -46,6 +47,9 @@ SPECS = {
 }
 KEYS = {
     "regions": "code",
+    "density_definitions": "definition",
+    "key_industries": "region_code, industry_code",
+    "employment_statistics": "region_code, industry_code, year, firms",
     "density": "definition, region_code, industry_code, period_start, period_end",
     "targets": "scope_region, scope_industry, metric, due_date",
     "region_daily": "region_code, industry_code, day",
@@ -57,6 +61,22 @@ class Federation:
     provinces: dict[str, EmbeddedPostgres]
     national: EmbeddedPostgres
     proxy: FaultProxy
+
+
+def _own_definition(conn: psycopg.Connection, province: str) -> None:
+    """The province's statisticians' own definition, key industries and employment statistics."""
+    conn.execute(
+        "INSERT INTO density_definitions (definition, numerator, scope, unit, denominator, title, origin) "
+        "VALUES (%s, 'in_operation', 'key', 'robots', 'participating', %s, %s)",
+        (f"p{province[:2]}-key", f"Key industries of {province}", province),
+    )
+    conn.execute(
+        "INSERT INTO key_industries SELECT %s, min(industry_code), 'provincial plan' FROM factories", (province,)
+    )
+    conn.execute(
+        "INSERT INTO employment_statistics VALUES (%s, '*', 2025, 'all', 1000000, 'yearbook 2025', '2025')",
+        (province,),
+    )
 
 
 def _compute(url: str, start: datetime, end: datetime) -> None:
@@ -87,6 +107,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
             migrate(pg.url, SCHEMA)
             with connect(pg.url, SCHEMA) as conn:
                 load_province(conn, generate(SPECS[code], 40 + i), tmp_path_factory.mktemp(code), 40 + i, START, END)
+                _own_definition(conn, code)
                 conn.commit()
             _compute(pg.url, START, MID)
             with connect(pg.url, SCHEMA, autocommit=True) as conn:
@@ -140,6 +161,14 @@ def test_the_nation_holds_each_provinces_figures_and_nothing_robot_level(fed: Fe
         _caught_up(fed, code)
         own = _rows(fed.provinces[code].url, code)
         assert own["density"] and own["region_daily"] and len(own["regions"]) == 1 + len(SPECS[code].cities)
+        assert [d[0] for d in own["density_definitions"]] == [f"p{code[:2]}-key"]  # not the shipped ones
+        assert own["key_industries"] and own["employment_statistics"]
+        with connect(fed.national.url, SCHEMA) as conn:  # the province's own definition, and its figures
+            assert conn.execute(
+                "SELECT count(*) > 0 FROM density d JOIN density_definitions dd USING (definition) "
+                "WHERE dd.origin = %s AND d.region_code = %s",
+                (code, code),
+            ).fetchone() == (True,)
         with connect(fed.provinces[code].url, SCHEMA) as conn:  # the job's region x day sums: the robots' blocks
             blocks = conn.execute(
                 "SELECT day, count(*), sum(executing_s), sum(fault_s) FROM robot_blocks_daily GROUP BY day ORDER BY day"
@@ -229,6 +258,31 @@ def test_a_migration_applied_while_replication_runs_keeps_it_running(
             "320000": "reviewer 320000",
             "440000": "reviewer 440000",
         }
+
+
+def test_a_province_will_not_publish_figures_of_a_definition_the_nation_would_lack(fed: Federation) -> None:
+    gd = fed.provinces["440000"].url
+    with connect(gd, SCHEMA) as conn:
+        conn.execute(
+            "INSERT INTO density_definitions (definition, numerator, scope, unit, denominator, title) "
+            "VALUES ('mine-only', 'in_operation', 'all', 'robots', 'participating', 'ours')"
+        )
+        conn.execute(
+            "INSERT INTO density (definition, region_code, industry_code, period_start, period_end, robot_count, "
+            "employee_count, verified_count, reporting_count) VALUES ('mine-only', '440000', '*', %s, %s, 1, 1, 1, 1)",
+            (START, MID),
+        )
+        conn.commit()
+    try:
+        with connect(gd, SCHEMA, autocommit=True) as conn, pytest.raises(ConfigError) as err:
+            federation.publish(conn, SCHEMA, "440000")
+        assert "mine-only" in str(err.value) and "origin 440000" in str(err.value)
+        assert len(str(err.value).splitlines()) == 1
+    finally:
+        with connect(gd, SCHEMA) as conn:
+            conn.execute("DELETE FROM density WHERE definition = 'mine-only'")
+            conn.execute("DELETE FROM density_definitions WHERE definition = 'mine-only'")
+            conn.commit()
 
 
 def test_bad_province_codes_and_a_server_without_logical_wal_are_one_line_errors(pg_url: str, tmp_path: Path) -> None:

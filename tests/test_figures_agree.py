@@ -2,7 +2,9 @@
 
 A simulated province is loaded, then given the cases where rules used to differ: a robot
 whose telemetry starts mid-month, a silent robot, a robot moved to another factory, a robot
-with no commissioning date. The metrics job computes January and February in two runs, a
+with no commissioning date, and one factory on a shift calendar (two shifts five days a week,
+a holiday, maintenance off the 15-minute grid), whose utilisation divides by planned time
+while the others are planned 24/7. The metrics job computes January and February in two runs, a
 few robots at a time. The
 oracle runs the metrics core once over both months, directly on the stored events, and sums
 its blocks in numpy; every dashboard panel, the bulletin and the reports must agree with it
@@ -11,6 +13,7 @@ to float rounding (1e-9 relative).
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,10 +30,12 @@ from robodensity.app.report import density_report, subsidy_evidence
 from robodensity.dashboards.bulletin import bulletin_data
 from robodensity.metrics.blocks import QUARTER_HOUR_S, Blocks, robot_blocks
 from robodensity.metrics.density import robot_density
+from robodensity.metrics.shifts import Calendar, Shift, planned_fraction
 from robodensity.metrics.states import EXECUTING, OFFLINE, state_codes
 from robodensity.simulators.load import load_province
 from robodensity.simulators.province import Province, ProvinceSpec, generate
 from robodensity.storage.db import connect, drop_schema, migrate
+from robodensity.storage.shifts import LABEL_CALENDAR, plan_label
 from tests import test_dashboards as td
 
 START = datetime(2026, 1, 1, tzinfo=LOCAL_TZ)
@@ -41,10 +46,21 @@ LATE_FROM = datetime(2026, 1, 20, 9, 30, tzinfo=LOCAL_TZ)
 SHORT = (datetime(2026, 1, 10, 8, 0, tzinfo=LOCAL_TZ), datetime(2026, 1, 12, 17, 45, tzinfo=LOCAL_TZ))
 REL = 1e-9
 US = 1_000_000
+WEEK = frozenset(range(1, 6))
+CALENDAR = Calendar(
+    ((date(2000, 1, 1), (Shift(WEEK, 6 * 60, 14 * 60), Shift(WEEK, 14 * 60, 22 * 60))),),
+    holidays=frozenset({date(2026, 1, 26)}),
+    maintenance=((datetime(2026, 2, 11, 10, 10), 1.5),),  # off the grid: a bucket partly planned
+)
+"""The shift calendar of one factory (that of the subsidised robots); the others are 24/7."""
 
 
 def _us(t: datetime) -> int:
     return (t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def _at(us: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
 
 
 @dataclass
@@ -58,6 +74,7 @@ class Oracle:
     factory: np.ndarray  # (robots, buckets) factory_id or None
     robots: dict[int, dict[str, Any]]  # registry rows
     assignments: dict[int, list[tuple[date, str]]]
+    calendar_factories: set[str]  # factories on a shift calendar; the others are planned 24/7
 
     def mask(self, factories: set[str] | None = None, lo: datetime = START, hi: datetime = END) -> np.ndarray:
         inside = (self.edges[:-1] >= _us(lo)) & (self.edges[:-1] < _us(hi))
@@ -72,6 +89,7 @@ class Oracle:
             "executing_s": float(b.seconds[..., EXECUTING][m].sum()),
             "covered_s": float(b.covered_s[m].sum()),
             "planned_s": float(b.planned_s[m].sum()),
+            "planned_executing_s": float(b.planned_executing_s[m].sum()),
             "fault_s": float(b.seconds[..., 2][m].sum()),
             "failures": int(b.failures[m].sum()),
             "repairs": int(b.repairs[m].sum()),
@@ -117,6 +135,18 @@ def _perturb(conn: Any, province: Province) -> None:
     conn.execute("UPDATE robots SET commissioned = NULL WHERE robot_id = %s", (rid(undated),))
     for r in robots[4:9]:
         conn.execute("UPDATE robots SET subsidy_programme = 'P1' WHERE robot_id = %s", (rid(r),))
+    cur = conn.cursor()
+    cur.executemany(
+        "INSERT INTO factory_shifts (factory_id, valid_from, days, start_min, end_min) "
+        "VALUES (%s, %s, '12345', %s, %s)",
+        [(robots[4].factory, v, s.start_min, s.end_min) for v, shifts in CALENDAR.versions for s in shifts],
+    )
+    holidays = [(d,) for d in CALENDAR.holidays]
+    cur.executemany("INSERT INTO factory_holidays (factory_id, day) VALUES ('*', %s)", holidays)
+    cur.executemany(
+        "INSERT INTO factory_maintenance (factory_id, start_at, hours) VALUES (%s, %s, %s)",
+        [(robots[4].factory, t, h) for t, h in CALENDAR.maintenance],
+    )
 
 
 def _oracle(conn: Any) -> Oracle:
@@ -148,10 +178,17 @@ def _oracle(conn: Any) -> Oracle:
         np.empty((len(ids), len(days)), dtype=object),
         {r[0]: {"registered": r[1], "commissioned": r[2], "decommissioned": r[3]} for r in registry},
         assignments,
+        {r[0] for r in conn.execute("SELECT factory_id FROM factory_shifts")},
     )
     by_day = {d: [oracle.factory_on(rid, d) for rid in ids] for d in sorted(set(days))}
     for k, d in enumerate(days):
         oracle.factory[:, k] = by_day[d]
+    # The plan, restated: the calendar factory's planned share of each bucket, 1 elsewhere (24/7).
+    [calendar_factory] = oracle.calendar_factories
+    share = np.where(oracle.factory == calendar_factory, planned_fraction(CALENDAR, edges, LOCAL_TZ), 1.0)
+    oracle.blocks = dataclasses.replace(
+        blocks, planned_s=blocks.covered_s * share, planned_executing_s=blocks.seconds[..., EXECUTING] * share
+    )
     return oracle
 
 
@@ -207,8 +244,10 @@ def test_factory_summary_and_fault_table_equal_the_core(loaded: Loaded, span: st
         def value(title: str, v: dict[str, str] = v) -> Any:
             return td._value(loaded.dash, uid, title, v, time_from=lo, time_to=hi)
 
-        assert close(value("Utilisation 利用率"), _div(s["executing_s"], s["covered_s"])), f.id
-        assert close(value("Availability"), _div(s["executing_s"], s["planned_s"])), f.id
+        if f.id in o.calendar_factories and span == "months":  # the plan shrinks both sides of the ratio
+            assert s["planned_s"] < 0.6 * s["covered_s"] and s["planned_executing_s"] < s["executing_s"]
+        # utilisation on planned time = ISO 22400-2 availability: one panel, one expression
+        assert close(value("Utilisation 利用率 = availability"), _div(s["planned_executing_s"], s["planned_s"])), f.id
         assert value("Failures") == s["failures"], f.id
         mtbf = _div(s["executing_s"] / 3600, s["failures"] + s["robots"])
         assert close(value("MTBF"), mtbf), f.id
@@ -224,7 +263,11 @@ def test_factory_summary_and_fault_table_equal_the_core(loaded: Loaded, span: st
             assert close(row["fault_h"], r["fault_s"] / 3600)
             assert close(row["mtbf_h"], r["executing_s"] / 3600 / (r["failures"] + 1))
             assert close(row["mttr_h"], _div(r["repair_s"] / 3600, r["repairs"]))
-            assert close(row["availability"], _div(r["executing_s"], r["planned_s"]))
+            assert close(row["availability"], _div(r["planned_executing_s"], r["planned_s"]))
+            i = o.robot_id.index(labels[row["robot"]])  # the quarter hour of its last failure in the range
+            faulted = np.flatnonzero(_only(o, m, labels[row["robot"]])[i] & (o.blocks.failures[i] > 0))
+            last = _at(int(o.edges[faulted[-1]])) if len(faulted) else None
+            assert row["last_fault"] == last, row
         checked += s["failures"] + s["repairs"]
     assert checked > 0  # the data has faults to agree on
 
@@ -272,13 +315,13 @@ def test_factory_daily_panels_equal_the_core(loaded: Loaded) -> None:
         assert len(heat) == sum(len(d) for d in per_robot.values()), f.id
         for r in heat:
             s = per_robot[r["metric"]][r["time"].astimezone(LOCAL_TZ).date()]
-            assert close(r["utilisation"], s["executing_s"] / s["covered_s"])
+            assert close(r["utilisation"], _div(s["planned_executing_s"], s["planned_s"]))
         evidence = _panel_rows(loaded, uid, "Subsidy evidence", v)
         for r in evidence:
             m = _only(o, o.mask({f.id}), labels[f"{r['manufacturer']} {r['serial']}"])
             s = o.sums(m)
             assert close(r["executing_h"], s["executing_s"] / 3600 if m.any() else None)
-            assert close(r["utilisation"], _div(s["executing_s"], s["covered_s"]))
+            assert close(r["utilisation"], _div(s["planned_executing_s"], s["planned_s"]))
     # The moved robot's days are split between its two factories.
     assert {o.factory_on(labels[f"{moved.manufacturer} {moved.serial}"], d) for d in (FEB.date(), MOVED_ON)} == {
         moved.factory,
@@ -321,7 +364,8 @@ def _density(loaded: Loaded, lo: datetime, hi: datetime) -> dict[str, dict[str, 
             "robot_density": float(robot_density(len(mine), emp)),
             "verified_density": float(robot_density(verified, emp)),
             "coverage": reporting / len(mine),
-            "utilisation": _div(s["executing_s"], s["covered_s"]),
+            "utilisation": _div(s["planned_executing_s"], s["planned_s"]),
+            "plan": plan_label(len(facs & o.calendar_factories), len(facs)),
         }
     return out
 
@@ -346,9 +390,13 @@ def test_density_rows_reports_and_bulletin_equal_the_core(loaded: Loaded, lo: da
         report = density_report(conn, "320000", at=hi)
         for r in report:
             assert all(close(r[k], want[r["region_code"]][k]) for k in KEYS), r["region_code"]
+            assert r["plan"] == want[r["region_code"]]["plan"], r["region_code"]
         bulletin = bulletin_data(conn, "320000", f"{lo:%Y-%m}")
         for r in [bulletin.region, *bulletin.children]:
             assert all(close(r[k], want[r["region_code"]][k]) for k in KEYS), r["region_code"]
+            assert r["plan"] == want[r["region_code"]]["plan"], r["region_code"]
+    assert want["320000"]["plan"].startswith("planned: shift calendars (1 of ")
+    assert sorted(w["plan"] for w in want.values()).count("planned: 24/7") >= 1  # a city without the calendar
     # The province dashboard's latest period in the range is this one.
     for title, key in (("Utilisation 利用率", "utilisation"), ("Coverage 数据覆盖率", "coverage")):
         got = td._value(loaded.dash, "robodensity-province", title, {"region": "320000"}, time_from=lo, time_to=hi)
@@ -367,7 +415,9 @@ def test_drilldown_factories_and_daily_utilisation_equal_the_core(loaded: Loaded
         s = o.sums(o.mask({r["factory_id"]}, FEB, END))
         m = o.mask({r["factory_id"]}, FEB, END)
         non_offline = o.blocks.covered_s - o.blocks.seconds[..., OFFLINE]
-        assert close(r["utilisation"], _div(s["executing_s"], s["covered_s"])), r["factory_id"]
+        assert close(r["utilisation"], _div(s["planned_executing_s"], s["planned_s"])), r["factory_id"]
+        calendar = r["factory_id"] in o.calendar_factories
+        assert r["plan"] == ("planned: shift calendar" if calendar else "planned: 24/7"), r
         assert (r["reporting_robots"] or 0) == int(((non_offline > 0) & m).any(axis=1).sum()), r["factory_id"]
         count = sum(f == r["factory_id"] for f in today.values())
         assert r["robot_count"] == count
@@ -378,7 +428,7 @@ def test_drilldown_factories_and_daily_utilisation_equal_the_core(loaded: Loaded
         assert [r["time"].astimezone(LOCAL_TZ).date() for r in daily] == list(want), code
         for r in daily:
             s = want[r["time"].astimezone(LOCAL_TZ).date()]
-            assert close(r["utilisation"], s["executing_s"] / s["covered_s"]), code
+            assert close(r["utilisation"], _div(s["planned_executing_s"], s["planned_s"])), code
 
 
 def test_subsidy_evidence_report_equals_the_core(loaded: Loaded) -> None:
@@ -401,8 +451,9 @@ def test_subsidy_evidence_report_equals_the_core(loaded: Loaded) -> None:
         {
             "programme": "P1",
             "robot_count": len(members),
-            "utilisation": pytest.approx(s["executing_s"] / s["covered_s"], rel=REL),
+            "utilisation": pytest.approx(s["planned_executing_s"] / s["planned_s"], rel=REL),
         }
     ]
+    assert factory in o.calendar_factories and got["plan"] == LABEL_CALENDAR
     after = o.in_operation(until)
     assert got["after"]["robot_count"] == sum(f == factory for f in after.values())

@@ -66,6 +66,7 @@ def test_block_columns_follow_their_rules(fleet):
     b = robot_blocks(r, t, s, n_robots, edges)
     np.testing.assert_allclose(b.seconds, seconds_in_buckets(r, t, s, n_robots, edges))
     np.testing.assert_array_equal(b.planned_s, b.covered_s)  # 24/7 plan
+    np.testing.assert_array_equal(b.planned_executing_s, b.seconds[..., 0])  # ... every EXECUTING second in it
     runs = fault_runs(r, t, s, n_robots)
     starts_inside = (runs.start >= 0) & (runs.start < edges[-1])
     ends_inside = runs.ended & (runs.end >= 0) & (runs.end < edges[-1])

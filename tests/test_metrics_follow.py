@@ -52,6 +52,13 @@ def test_incremental_refreshes_equal_a_full_recompute_block_for_block(pg_url: st
             "SELECT agent_id, seq, robot_id, factory_id, ts, state FROM events WHERE ts >= %s ORDER BY ts", (T1,)
         ).fetchall()
         conn.execute("DELETE FROM events WHERE ts >= %s", (T1,))
+        # One factory on a shift calendar whose ends are off the 15-minute grid: in-plan time is
+        # computed by the same rule incrementally (late events, a bucket split at T1) as in full.
+        conn.execute(
+            "INSERT INTO factory_shifts (factory_id, valid_from, days, start_min, end_min) "
+            "VALUES (%s, '2000-01-01', '1234567', 8 * 60 + 5, 13 * 60 + 10)",
+            (later[0][3],),
+        )
         conn.commit()
         assert later
 
@@ -77,6 +84,13 @@ def test_incremental_refreshes_equal_a_full_recompute_block_for_block(pg_url: st
         assert third.marked == 0
         got = _tables(conn)
         assert got == _recomputed(conn, T2 + timedelta(minutes=20))
+        shrunk = conn.execute(
+            "SELECT count(*) FILTER (WHERE planned_executing_s < executing_s), "
+            "count(*) FILTER (WHERE planned_executing_s > 0 AND planned_executing_s < executing_s) "
+            "FROM robot_blocks_15m WHERE factory_id = %s",
+            (later[0][3],),
+        ).fetchone()
+        assert shrunk is not None and shrunk[0] > 0 and shrunk[1] > 0  # outside the plan, and partly planned
     # The late fault changed the robot's day, so the comparison could fail.
     day0 = [r for r in got["robot_blocks_daily"] if r[0] == robot and r[1] == D0.date()]
     was = [r for r in before["robot_blocks_daily"] if r[0] == robot and r[1] == D0.date()]

@@ -44,7 +44,8 @@ def province_schema(pg_url: str, schema: str, tmp_path: Path) -> str:
         for factory in PROVINCE.factories:
             robot = PROVINCE.robots_of(factory.id)[0]
             conn.execute(
-                "INSERT INTO robot_blocks_daily SELECT robot_id, %s, %s, 3600, 0, 0, 0, 0, 3600, 0, 0, 0 FROM robots "
+                "INSERT INTO robot_blocks_daily SELECT robot_id, %s, %s, 3600, 0, 0, 0, 0, 3600, 0, 0, 0, 3600 "
+                "FROM robots "
                 "WHERE manufacturer = %s AND serial = %s",
                 (date(2026, 1, 5), factory.id, robot.manufacturer, robot.serial),
             )

@@ -24,8 +24,9 @@ import numpy as np
 import psycopg
 
 from robodensity.metrics.density import defined_rollup, industry_in, region_ancestors, robot_density, spread
-from robodensity.metrics.state_time import utilisation
+from robodensity.metrics.reliability import utilisation
 from robodensity.metrics.states import EXECUTING, OFFLINE
+from robodensity.storage.shifts import plan_label
 
 if TYPE_CHECKING:
     from robodensity.app.metrics_job import Fleet, PeriodTotals
@@ -36,7 +37,7 @@ COLUMNS = (
     "definition", "region_code", "industry_code", "period_start", "period_end", "robot_count", "employee_count",
     "robot_density", "verified_count", "verified_density", "reporting_count", "coverage", "domestic_share",
     "utilisation", "denominator_source", "vintage", "denominator_year", "robot_days", "period_days",
-    "participating_employee_count", "participating_density", "employment_coverage",
+    "participating_employee_count", "participating_density", "employment_coverage", "plan",
 )  # fmt: skip
 
 
@@ -84,6 +85,7 @@ class Context:
     first_day: date
     last_day: date
     robot_days: Counted | None = None
+    calendar: np.ndarray | None = None  # bool per factory: planned by a shift calendar in the period (None: none is)
 
 
 def load_definitions(conn: psycopg.Connection) -> list[Definition]:
@@ -198,11 +200,11 @@ def definition_rows(d: Definition, ctx: Context) -> list[dict[str, Any]]:
         "domestic": counted.domestic[item],
     }
     part = defined_rollup(group, counted.robot[item], counted.weight[item], flags, n, employees)
-    seconds = ctx.totals.factory_seconds
-    group_seconds = np.stack(
-        [np.bincount(m_group, weights=seconds[m_fac, j], minlength=n) for j in range(seconds.shape[1])], axis=-1
-    )
-    util = utilisation(group_seconds) if n else np.zeros(0)
+    planned = ctx.totals.factory_planned  # utilisation on planned time: APT / PBT, one rule (metrics.reliability)
+    util = utilisation(*(np.bincount(m_group, weights=planned[m_fac, j], minlength=n) for j in (0, 1)))
+    calendar = ctx.calendar if ctx.calendar is not None else np.zeros(len(fleet.factory_id), dtype=bool)
+    with_calendar = np.bincount(m_group, weights=calendar[m_fac].astype(np.float64), minlength=n).astype(np.int64)
+    factories = np.bincount(m_group, minlength=n)
     period_days = (ctx.last_day - ctx.first_day).days + 1
     out = []
     for (code, ind), g in keys.items():
@@ -235,6 +237,7 @@ def definition_rows(d: Definition, ctx: Context) -> list[dict[str, Any]]:
                 "participating_employee_count": int(employees[g]),
                 "participating_density": _num(part["robot_density"][g]),
                 "employment_coverage": _num(employees[g] / den if den > 0 else np.nan),
+                "plan": plan_label(int(with_calendar[g]), int(factories[g])),
             }
         )
     return out
@@ -258,6 +261,16 @@ def context(
         key_lists.setdefault(region, []).append(industry)
     flagged = [c for (c,) in conn.execute("SELECT code FROM industries WHERE key_manufacturing ORDER BY code")]
     last = last_day(end)
+    calendar = np.zeros(len(fleet.factory_id), dtype=bool)
+    for (factory_id,) in conn.execute(
+        "SELECT factory_id FROM factory_shifts WHERE valid_from <= %(last)s "
+        "UNION SELECT factory_id FROM factory_maintenance "
+        "WHERE start_at < (%(end)s AT TIME ZONE %(zone)s) AND start_at + hours * interval '1 hour' > "
+        "(%(start)s AT TIME ZONE %(zone)s)",
+        {"last": last, "start": start, "end": end, "zone": str(LOCAL_TZ)},
+    ):
+        if factory_id in index:
+            calendar[index[factory_id]] = True
     return Context(
         fleet=fleet,
         totals=totals,
@@ -269,6 +282,7 @@ def context(
         official=_official(conn, last.year),
         first_day=start.astimezone(LOCAL_TZ).date(),
         last_day=last,
+        calendar=calendar,
     )
 
 

@@ -107,6 +107,7 @@ def refresh(
                     meter("refreshing blocks", 0.0)
         days = (_at_us(int(since.min())).astimezone(LOCAL_TZ).date(), last_day(end) + timedelta(days=1))
         conn.execute("SELECT refresh_region_daily(%s, %s)", days)  # region x day aggregates (migration 050)
+        conn.execute("SELECT refresh_factory_fleet(true)")  # robots per factory today (migration 090)
         conn.execute("UPDATE metric_job_state SET done_until = %s", (end,))
     meter("refreshed", 1.0)
     return Refreshed(

@@ -253,9 +253,10 @@ def stored_quarters(conn: psycopg.Connection, ids: np.ndarray, edges: np.ndarray
         edges,
         cols[..., :ns].copy(),
         cols[..., ns].copy(),
-        cols[..., ns + 1].astype(np.int64),
+        cols[..., ns + 1].copy(),
         cols[..., ns + 2].astype(np.int64),
-        cols[..., ns + 3].copy(),
+        cols[..., ns + 3].astype(np.int64),
+        cols[..., ns + 4].copy(),
     )
 
 
@@ -269,6 +270,7 @@ def _join(a: Blocks, b: Blocks) -> Blocks:
         np.concatenate([a.edges[:-1], b.edges]),
         cat(a.seconds, b.seconds),
         cat(a.planned_s, b.planned_s),
+        cat(a.planned_executing_s, b.planned_executing_s),
         cat(a.failures, b.failures),
         cat(a.repairs, b.repairs),
         cat(a.repair_s, b.repair_s),
@@ -295,8 +297,8 @@ def pack_blocks(
     order = np.argsort(fac, kind="stable")
     robot, bucket, fac = robot[order], bucket[order], fac[order]
     cols = [blocks.seconds[robot, bucket, j] for j in range(N_STATES)]
-    cols += [blocks.planned_s[robot, bucket], blocks.failures[robot, bucket], blocks.repairs[robot, bucket]]
-    cols.append(blocks.repair_s[robot, bucket])
+    cols += [blocks.planned_s[robot, bucket], blocks.planned_executing_s[robot, bucket]]
+    cols += [blocks.failures[robot, bucket], blocks.repairs[robot, bucket], blocks.repair_s[robot, bucket]]
     key_type = ">i8" if key == "bucket" else ">i4"
     cuts = np.flatnonzero(np.diff(fac)) + 1
     parts = []
@@ -359,7 +361,7 @@ def store_chunk(
     ridx = np.searchsorted(ids, ev.robot_id)
     factory = factories_by_day(reader, ids, factory_ids, lay.day)
     fresh = robot_blocks(ridx, ev.ts_us, ev.state, len(ids), lay.edges[first:])
-    fresh = shift_plan.apply(reader, fresh, factory[:, lay.quarter_day[first:]], factory_ids)  # planned_s: calendars
+    fresh = shift_plan.apply(reader, fresh, factory[:, lay.quarter_day[first:]], factory_ids)  # planned: calendars
     quarter = fresh if first == 0 else _join(stored_quarters(reader, ids, lay.edges[: first + 1]), fresh)
     bucket_keys, day_keys = _wire_keys(lay)
     quarters, rows = pack_blocks(
@@ -379,6 +381,7 @@ class PeriodTotals:
     robot_id: np.ndarray  # int64, sorted: every robot with events or in operation
     robot_seconds: np.ndarray  # (robots, states) [s]: time in state in the period
     factory_seconds: np.ndarray  # (factories, states) [s]: the same attributed to factories by day
+    factory_planned: np.ndarray  # (factories, 2) [s]: planned_executing_s, planned_s, attributed the same way
 
 
 class Meter:
@@ -427,6 +430,7 @@ def store_blocks(
     ids = np.union1d(robots_with_events(reader), fleet.robot_id)
     robot_seconds = np.zeros((len(ids), N_STATES))
     factory_seconds = np.zeros((len(fleet.factory_id), N_STATES))
+    factory_planned = np.zeros((len(fleet.factory_id), 2))
     worked = np.zeros(len(fleet.robot_id), dtype=bool)
     per_chunk = max(1, CELLS_PER_CHUNK // (len(lay.edges) - 1))
     with conn.transaction():
@@ -444,13 +448,18 @@ def store_blocks(
                     factory_seconds[:, s] += np.bincount(
                         fac[keep], weights=seconds[..., s][keep], minlength=len(fleet.factory_id)
                     )
+                q = chunk.quarter
+                for j, planned in enumerate((q.planned_executing_s, q.planned_s)):
+                    factory_planned[:, j] += np.bincount(
+                        fac[keep], weights=planned[:, lay.in_period][keep], minlength=len(fleet.factory_id)
+                    )
                 mine = np.flatnonzero(np.isin(fleet.robot_id, sub))
                 ev = chunk.events
                 verify = seconds_in_state(ev.robot_id, ev.ts_us, ev.state, len(sub), _us(verify_from), _us(end))
                 worked[mine] = verify[np.searchsorted(sub, fleet.robot_id[mine]), 0, EXECUTING] > 0
                 meter.add(chunk)
                 meter("blocks", min(lo + per_chunk, len(ids)) / max(len(ids), 1))
-    return PeriodTotals(ids, robot_seconds, factory_seconds), worked
+    return PeriodTotals(ids, robot_seconds, factory_seconds, factory_planned), worked
 
 
 def compute(conn: psycopg.Connection, start: datetime, end: datetime, progress: Progress = _quiet) -> int:
@@ -462,6 +471,7 @@ def compute(conn: psycopg.Connection, start: datetime, end: datetime, progress: 
         totals, worked = store_blocks(conn, reader, fleet, start, end, min(start, end - ACTIVE_WINDOW), meter)
     days = (start.astimezone(LOCAL_TZ).date(), last_day(end) + timedelta(days=1))
     conn.execute("SELECT refresh_region_daily(%s, %s)", days)  # region x day aggregates (migration 050)
+    conn.execute("SELECT refresh_factory_fleet()")  # robots per factory today (migration 090)
     meter("computing densities", 1.0)
     n = density_job.store(conn, start, end, fleet, totals, worked)
     meter("done", 1.0)

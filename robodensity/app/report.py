@@ -1,7 +1,9 @@
 """Density reports read from the density views: as a table, CSV or JSON.
 
 Every row names its definition, its denominator's source and vintage, and its coverage
-(docs/definitions.md). The default definition, ``participating``, is read from ``v_density``
+(docs/definitions.md), and beside utilisation the plan it divides by (``plan``: 'planned: 24/7'
+or 'planned: shift calendars (N of M factories)', docs/clocks-and-shifts.md). The default
+definition, ``participating``, is read from ``v_density``
 (the dashboards' view); any other from ``v_density_defined``.
 """
 
@@ -29,6 +31,7 @@ COLUMNS = (
     ("verified_density", "Verified /10k"),
     ("coverage", "Coverage"),
     ("utilisation", "Utilisation"),
+    ("plan", "Plan"),
 )
 OFFICIAL_COLUMNS = (("participating_density", "Participating /10k"), ("employment_coverage", "Empl. coverage"))
 DEFAULT_DEFINITION = "participating"
@@ -118,8 +121,8 @@ def as_text(rows: list[dict[str, Any]], fmt: Format) -> str:
 def subsidy_evidence(conn: psycopg.Connection, factory: str, since: date, until: date) -> dict[str, Any]:
     """Evidence for a subsidy claim: the factory's density the day before ``since`` and on ``until``
     (robots in operation then, the storage layer's ``robots_in_operation``), and the utilisation
-    (executing / covered time of the daily blocks) of its robots listed under a subsidy programme
-    over [since, until)."""
+    (on planned time: planned executing / planned time of the daily blocks) of its robots listed
+    under a subsidy programme over [since, until), with the factory's plan."""
     from robodensity.metrics.density import robot_density
 
     def at(day: date) -> tuple[int, int]:
@@ -134,14 +137,16 @@ def subsidy_evidence(conn: psycopg.Connection, factory: str, since: date, until:
     before, after = at(since - timedelta(days=1)), at(until)
     density = robot_density([before[0], after[0]], [before[1], after[1]])
     programmes = conn.execute(
-        "SELECT r.subsidy_programme, count(DISTINCT r.robot_id), sum(d.executing_s), sum(d.covered_s) "
+        "SELECT r.subsidy_programme, count(DISTINCT r.robot_id), sum(d.planned_executing_s), sum(d.planned_s) "
         "FROM robots r LEFT JOIN v_robot_blocks_daily d ON d.robot_id = r.robot_id AND d.day >= %s AND d.day < %s "
         "WHERE r.subsidy_programme IS NOT NULL AND EXISTS (SELECT 1 FROM assignments a "
         "  WHERE a.robot_id = r.robot_id AND a.factory_id = %s) GROUP BY 1 ORDER BY 1",
         (since, until, factory),
     ).fetchall()
+    plan = conn.execute("SELECT plan FROM v_factory_plan WHERE factory_id = %s", (factory,)).fetchone()
     return {
         "factory_id": factory,
+        "plan": plan[0] if plan else None,
         "before": {
             "date": (since - timedelta(days=1)).isoformat(),
             "robot_count": before[0],

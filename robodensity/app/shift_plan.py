@@ -2,8 +2,10 @@
 
 The metrics job calls :func:`apply` on each chunk's 15-minute blocks: a robot's ``planned_s``
 in a bucket becomes its covered time there times the planned share of the bucket in the
-calendar of the factory it stood in (``metrics/shifts.py``); a factory without a calendar
-keeps 24/7 (``planned_s == covered_s``), the explicit default. ``v_factory_plan`` says which
+calendar of the factory it stood in (``metrics/shifts.py``), and its ``planned_executing_s``
+its EXECUTING time there times the same share (exact on the 15-minute grid: a bucket is then
+wholly planned or not at all); a factory without a calendar keeps 24/7 (``planned_s ==
+covered_s``, ``planned_executing_s == executing_s``), the explicit default. ``v_factory_plan`` says which
 plan each factory's figures use.
 """
 
@@ -20,6 +22,7 @@ import psycopg
 from robodensity.core.settings import DEFAULT_TIMEZONE
 from robodensity.metrics.blocks import Blocks
 from robodensity.metrics.shifts import Calendar, Shift, planned_fraction
+from robodensity.metrics.states import EXECUTING
 from robodensity.storage.shifts import ALL_FACTORIES
 
 ZONE = ZoneInfo(DEFAULT_TIMEZONE)
@@ -58,7 +61,7 @@ def load_calendars(conn: psycopg.Connection, factory_ids: list[str]) -> dict[str
 
 
 def apply(conn: psycopg.Connection, blocks: Blocks, factory: np.ndarray, factory_ids: list[str]) -> Blocks:
-    """``blocks`` with ``planned_s`` from the calendars.
+    """``blocks`` with ``planned_s`` and ``planned_executing_s`` from the calendars.
 
     factory : array of int, shape (robots, buckets)
         Index into ``factory_ids`` of the factory each robot stood in during each bucket; -1 none.
@@ -71,5 +74,7 @@ def apply(conn: psycopg.Connection, blocks: Blocks, factory: np.ndarray, factory
     for i, f in enumerate(factory_ids):
         if f in calendars:
             share[i] = planned_fraction(calendars[f], blocks.edges, ZONE)
-    planned = blocks.covered_s * share[factory, np.arange(share.shape[1])]
-    return dataclasses.replace(blocks, planned_s=planned)
+    cell = share[factory, np.arange(share.shape[1])]
+    return dataclasses.replace(
+        blocks, planned_s=blocks.covered_s * cell, planned_executing_s=blocks.seconds[..., EXECUTING] * cell
+    )

@@ -191,6 +191,35 @@ def definition_note(r: dict[str, Any]) -> str:
     return f'<small class="def" data-definition="{html.escape(r["definition"])}">{html.escape(text)}</small>'
 
 
+_CALENDARS = re.compile(r"planned: shift calendars \((\d+) of (\d+) factories(, the others 24/7)?\)")
+
+
+def plan_text(plan: str | None) -> str:
+    """The plan a utilisation divides by (density.plan), in Chinese and English."""
+    if plan is None:
+        return "计划时间未知 plan unknown"
+    found = _CALENDARS.fullmatch(plan)
+    if found:
+        others = "，其余全天候" if found.group(3) else ""
+        return f"计划时间：班次日历（{found.group(2)} 家企业中 {found.group(1)} 家{others}） {plan}"
+    if plan == "planned: 24/7":
+        return f"计划时间：全天候 {plan}"
+    return plan
+
+
+def plan_note(r: dict[str, Any]) -> str:
+    """The plan next to a utilisation figure: ``data-plan`` carries the row's label as stored."""
+    plan = r.get("plan")
+    return f'<small class="def plan" data-plan="{html.escape(plan or "")}">{html.escape(plan_text(plan))}</small>'
+
+
+def _plan_cell(key: str, region: str, plan: str | None) -> str:
+    return (
+        f'<td class="plan" data-key="{key}" data-region="{html.escape(region)}" '
+        f'data-plan="{html.escape(plan or "")}">{html.escape(plan_text(plan))}</td>'
+    )
+
+
 # ----------------------------------------------------------------------------- rendering
 
 
@@ -272,6 +301,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .up { color: #1e8449; } .down { color: #c0392b; }
 ul.gaps li { margin-bottom: 1mm; }
 small.def { display: block; color: #666; font-size: 7.5pt; margin-top: 0.5mm; }
+td.plan { color: #555; font-size: 7.5pt; max-width: 38mm; }
 footer { margin-top: 6mm; color: #666; font-size: 8.5pt; border-top: 1px solid #ccd; padding-top: 2mm; }
 """
 
@@ -288,6 +318,7 @@ def render_html(d: BulletinData, generated: datetime | None = None) -> str:
         "robot_density": definition_note(r),
         "verified_density": definition_note(r),
         "target": f'<small class="def" data-definition="{target_def}">目标口径 target in: {target_def}</small>',
+        "utilisation": plan_note(r),
         "target_progress": definition_note(same)
         + (
             ""
@@ -346,6 +377,7 @@ def render_html(d: BulletinData, generated: datetime | None = None) -> str:
         + _cell("verified_density", c["region_code"], c["verified_density"], _num(c["verified_density"]))
         + _cell("coverage", c["region_code"], c["coverage"], _pct(c["coverage"]))
         + _cell("utilisation", c["region_code"], c["utilisation"], _pct(c["utilisation"]))
+        + _plan_cell("plan", c["region_code"], c.get("plan"))
         + _cell("domestic_share", c["region_code"], c["domestic_share"], _pct(c["domestic_share"]))
         + "</tr>"
         for c in cities
@@ -381,6 +413,7 @@ def render_html(d: BulletinData, generated: datetime | None = None) -> str:
         + _cell("industry_density", i["industry_code"], i["robot_density"], _num(i["robot_density"]))
         + _cell("industry_robots", i["industry_code"], i["robot_count"], f"{i['robot_count']:,}")
         + _cell("industry_utilisation", i["industry_code"], i["utilisation"], _pct(i["utilisation"]))
+        + _plan_cell("industry_plan", i["industry_code"], i.get("plan"))
         + "</tr>"
         for i in d.industries
         if i["industry_code"] != "*"
@@ -404,7 +437,8 @@ def render_html(d: BulletinData, generated: datetime | None = None) -> str:
 {density_chart}
 <table><thead><tr><th>城市 City</th><th>机器人 Robots</th><th>从业人员 Employees</th>
 <th>密度 Density</th><th>核验密度 Verified</th><th>覆盖率 Coverage</th><th>利用率 Utilisation</th>
-<th>国产占比 Domestic</th></tr></thead><tbody>{city_rows}</tbody></table>{definition_note(r)}</section>
+<th>计划时间 Planned time</th><th>国产占比 Domestic</th></tr></thead>
+<tbody>{city_rows}</tbody></table>{definition_note(r)}</section>
 <section><h2>其他口径 Other definitions (official employment statistics)</h2>
 <table><thead><tr><th>地区 Region</th><th>口径 Definition</th><th>密度 Density</th>
 <th>参与企业密度 Participating</th><th>就业覆盖率 Employment coverage</th><th>来源 Source</th></tr></thead>
@@ -413,18 +447,22 @@ def render_html(d: BulletinData, generated: datetime | None = None) -> str:
 <section><h2>变化 Movers (vs. previous month)</h2>
 <table><thead><tr><th>地区 Region</th><th>上月 Previous</th><th>本月 This month</th><th>变化 Change</th></tr></thead>
 <tbody>{mover_rows}</tbody></table></section>
-<section><h2>利用率 Utilisation by city</h2>{util_chart}</section>
+<section><h2>利用率 Utilisation by city</h2>{util_chart}{plan_note(r)}</section>
 <section><h2>分行业 By industry</h2>
-<table><thead><tr><th>行业 Industry</th><th>密度 Density</th><th>机器人 Robots</th><th>利用率 Utilisation</th></tr>
+<table><thead><tr><th>行业 Industry</th><th>密度 Density</th><th>机器人 Robots</th><th>利用率 Utilisation</th>
+<th>计划时间 Planned time</th></tr>
 </thead><tbody>{industry_rows}</tbody></table>{definition_note(r)}</section>
 <section><h2>数据缺口 Data gaps</h2><ul class="gaps">{gaps}</ul></section>
 <footer>密度（口径 participating）= 在用登记机器人数 / 参与企业从业人员数 × 10,000；其他口径见“其他口径”一节；
 核验密度只计本月有实际运行记录的机器人；
-覆盖率 = 上报数据的登记机器人占比；利用率 = 运行时间之和 / 有数据的日历时间之和。<br>
+覆盖率 = 上报数据的登记机器人占比；利用率 = 计划时间内的运行时间之和 / 计划时间之和（即 ISO 22400-2 可用率），
+计划时间按企业班次日历，无日历的企业按全天候（24/7），每个利用率旁注明。<br>
 Density (definition participating) = registered robots in operation per 10,000 employees of the participating
 factories; other definitions are under "Other definitions"; verified density counts only robots
 whose telemetry shows real work in the month; coverage = share of registered robots that reported; utilisation =
-EXECUTING time / covered calendar time, summed over the robots. Generated {generated:%Y-%m-%d %H:%M %Z} by RoboDensity.
+EXECUTING time inside the planned time / planned time, summed over the robots (= ISO 22400-2 availability); planned
+time follows each factory's shift calendar, 24/7 where it has none, as stated next to every utilisation.
+Generated {generated:%Y-%m-%d %H:%M %Z} by RoboDensity.
 </footer>
 </body></html>
 """

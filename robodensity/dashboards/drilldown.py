@@ -38,7 +38,8 @@ CHILD_TABLE = f"""\
     SELECT d.region_code AS code, d.region_name AS "名称", d.region_name_en AS name, d.robot_count,
            d.employee_count, d.robot_density, d.verified_density, d.target,
            d.robot_density / NULLIF(d.target, 0) AS target_progress, d.reporting_count, d.coverage,
-           d.domestic_share, d.utilisation, d.definition, d.denominator_source, d.vintage, d.target_definition
+           d.domestic_share, d.utilisation, d.plan, d.definition, d.denominator_source, d.vintage,
+           d.target_definition
     FROM v_density d JOIN p USING (period_start, period_end)
     WHERE (d.region_code = '$region' OR d.parent_code = '$region') AND d.industry_code = '$industry'
     ORDER BY d.level, d.region_code"""
@@ -54,7 +55,7 @@ INDUSTRIES = f"""\
 FACTORIES = f"""\
     WITH {p.SELECTED_PERIOD.strip()},
     u AS (
-      SELECT fd.factory_id, sum(fd.executing_s) / NULLIF(sum(fd.covered_s), 0) AS utilisation,
+      SELECT fd.factory_id, sum(fd.planned_executing_s) / NULLIF(sum(fd.planned_s), 0) AS utilisation,
              max(fd.reporting) AS reporting_robots
       FROM v_factory_daily fd, p
       WHERE fd.day >= (p.period_start AT TIME ZONE '{p.TIMEZONE}')::date
@@ -62,24 +63,28 @@ FACTORIES = f"""\
       GROUP BY fd.factory_id
     )
     SELECT ff.factory_id, ff.name, ff.region_code, ff.industry_code, ff.robot_count, ff.employee_count,
-           ff.robot_density, u.reporting_robots, u.utilisation
+           ff.robot_density, u.reporting_robots, u.utilisation, fp.plan
     FROM v_factory_fleet ff
     JOIN v_factory_region fr ON fr.factory_id = ff.factory_id AND fr.region_code = '$region'
+    JOIN v_factory_plan fp ON fp.factory_id = ff.factory_id
     LEFT JOIN u ON u.factory_id = ff.factory_id
     WHERE '$industry' IN ('*', ff.industry_code)
     ORDER BY ff.robot_density DESC NULLS LAST, ff.factory_id"""
 """Robots and headcount as registered today; over ``$period``, from the factory x day sums of the
-daily blocks (factory_daily, migration 050): utilisation (executing / covered time) and reporting
-robots (with covered time not OFFLINE) on the factory's best day of the period."""
+daily blocks (factory_daily, migrations 050 and 080): utilisation on planned time (EXECUTING inside
+the plan / planned time; ``plan`` names the factory's plan) and reporting robots (with covered time
+not OFFLINE) on the factory's best day of the period. Robots in operation per factory are counted
+once a day (factory_fleet_counts, migration 090), not per query."""
 
 DAILY_UTILISATION = f"""\
     SELECT (rd.day::timestamp AT TIME ZONE '{p.TIMEZONE}') AS "time",
-           rd.executing_s / NULLIF(rd.covered_s, 0) AS utilisation,
+           rd.planned_executing_s / NULLIF(rd.planned_s, 0) AS utilisation,
            rd.reporting::double precision AS reporting_robots
     FROM v_region_daily rd
     WHERE rd.region_code = '$region' AND rd.industry_code = '$industry' AND {p.day_filter("rd.day")}
     ORDER BY 1"""
-"""Utilisation (executing / covered time) of the region's robots each day, and how many reported, from
+"""Utilisation on planned time (EXECUTING inside the plan / planned time) of the region's robots each
+day, and how many reported, from
 the region x day sums of the daily blocks (region_daily, migration 050): no robot rows at province scale."""
 
 
@@ -123,6 +128,7 @@ def build() -> model.Dashboard:
             "Region and sub-regions 地区明细",
             CHILD_TABLE,
             units=p.density_table_units(),
+            description="'plan' names the planned time each region's utilisation divides by.",
         )
     )
     d = d.with_panel(definitions_panel(p.SELECTED_PERIOD, "$industry"))
@@ -132,11 +138,18 @@ def build() -> model.Dashboard:
             "Factories 企业明细",
             FACTORIES,
             units={"robot_density": "none", "utilisation": percent},
-            description="Robots and employees as registered today; utilisation over the selected period.",
+            description="Robots and employees as registered today; utilisation on planned time over the "
+            "selected period, 'plan' naming the factory's (its shift calendar, or 24/7 without one).",
         )
     )
     d = d.with_panel(
-        p.ts_panel("Daily utilisation 日利用率", DAILY_UTILISATION, unit=percent, w=24).override_by_name(
+        p.ts_panel(
+            "Daily utilisation 日利用率",
+            DAILY_UTILISATION,
+            unit=percent,
+            w=24,
+            description="Utilisation on planned time: the factories' shift calendars, 24/7 for those without one.",
+        ).override_by_name(
             "reporting_robots",
             [
                 model.DynamicConfigValue(id_val="unit", value="none"),

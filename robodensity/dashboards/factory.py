@@ -28,6 +28,19 @@ FOLDER = "factories"
 
 ROBOT_LABEL = "r.manufacturer || ' ' || r.serial"
 
+
+LABELS = """\
+    labels AS MATERIALIZED (
+      SELECT robot_id, manufacturer, serial FROM v_robot_identity
+      WHERE robot_id = ANY (ARRAY(SELECT robot_id FROM v_factory_robots WHERE factory_id = '$factory'))
+    )"""
+"""CTE ``labels``: the robots ever assigned to the factory (a province holds 100,000 robots; joining
+each row of a panel to them all costs more than the panel). Materialised: a hundred rows to hash.
+The metrics job attributes blocks by assignment, so these are all the robots a factory's blocks
+can have; telemetry may name a robot the registry puts elsewhere (the state timeline labels those
+one by one)."""
+
+
 EXACT_TIMELINE = "7 days"
 """Longest range whose state timeline shows every interval; longer ones show daily states."""
 
@@ -71,27 +84,42 @@ STATE_TIMELINE = f"""\
       UNION ALL
       SELECT robot_id, {_FROM}, state FROM at_start
       UNION ALL
-      SELECT rd.robot_id, greatest(rd.day::timestamp AT TIME ZONE '{p.TIMEZONE}', {_FROM}),
-             CASE greatest(rd.executing_s, rd.idle_s, rd.fault_s, rd.out_of_service_s, rd.offline_s)
-               WHEN rd.executing_s THEN 'EXECUTING' WHEN rd.idle_s THEN 'IDLE' WHEN rd.fault_s THEN 'FAULT'
-               WHEN rd.out_of_service_s THEN 'OUT_OF_SERVICE' ELSE 'OFFLINE' END
-      FROM v_robot_blocks_daily rd
-      WHERE rd.factory_id = '$factory' AND {p.day_filter("rd.day")}
-        AND {_TO} - {_FROM} > interval '{EXACT_TIMELINE}'
-    )
-    SELECT pt."time", {ROBOT_LABEL} AS robot, pt.state
-    FROM points pt JOIN v_robot_current r USING (robot_id)
-    ORDER BY 1, 2"""
+      SELECT c.robot_id, c."time", c.state
+      FROM unnest(ARRAY(SELECT robot_id FROM v_factory_robots WHERE factory_id = '$factory')) AS a (robot_id)
+      CROSS JOIN LATERAL (
+        SELECT robot_id, "time", state, lag(state) OVER (ORDER BY day) AS before
+        FROM (
+          SELECT rd.robot_id, rd.day, greatest(rd.day::timestamp AT TIME ZONE '{p.TIMEZONE}', {_FROM}) AS "time",
+                 CASE greatest(rd.executing_s, rd.idle_s, rd.fault_s, rd.out_of_service_s, rd.offline_s)
+                   WHEN rd.executing_s THEN 'EXECUTING' WHEN rd.idle_s THEN 'IDLE' WHEN rd.fault_s THEN 'FAULT'
+                   WHEN rd.out_of_service_s THEN 'OUT_OF_SERVICE' ELSE 'OFFLINE' END AS state
+          FROM v_robot_blocks_daily rd
+          WHERE rd.robot_id = a.robot_id AND rd.factory_id = '$factory' AND {p.day_filter("rd.day")}
+            AND {_TO} - {_FROM} > interval '{EXACT_TIMELINE}'
+        ) daily
+      ) c
+      WHERE c.before IS DISTINCT FROM c.state
+    ),
+{LABELS}
+    SELECT pt."time",
+           coalesce({ROBOT_LABEL}, (SELECT i.manufacturer || ' ' || i.serial FROM v_robot_identity i
+                                   WHERE i.robot_id = pt.robot_id)) AS robot,
+           pt.state
+    FROM points pt LEFT JOIN labels r USING (robot_id)
+    ORDER BY pt."time", pt.robot_id"""
 """Up to ``EXACT_TIMELINE``: every interval (its start, or the range's start for the one under
 way then). Longer: per robot and local day, the state it spent most time in (ties: the order
-of STATE_COLOURS), at the day's start."""
+of STATE_COLOURS), at the day's start, where it differs from the day before (a state timeline
+draws a state until the next point, so repeating it draws nothing new)."""
 
 UTILISATION_HEATMAP = f"""\
+    WITH {LABELS.strip()}
     SELECT (rd.day::timestamp AT TIME ZONE '{p.TIMEZONE}') AS "time", {ROBOT_LABEL} AS metric,
-           rd.executing_s / NULLIF(rd.covered_s, 0) AS utilisation
-    FROM v_robot_blocks_daily rd JOIN v_robot_current r USING (robot_id)
+           rd.planned_executing_s / NULLIF(rd.planned_s, 0) AS utilisation
+    FROM v_robot_blocks_daily rd JOIN labels r USING (robot_id)
     WHERE rd.factory_id = '$factory' AND {p.day_filter("rd.day")}
-    ORDER BY 1, 2"""
+    ORDER BY rd.day, metric"""
+"""Each robot's days are one range of the daily blocks' primary key."""
 
 STATE_HOURS = f"""\
     SELECT (rd.day::timestamp AT TIME ZONE '{p.TIMEZONE}') AS "time",
@@ -103,15 +131,39 @@ STATE_HOURS = f"""\
     GROUP BY rd.day
     ORDER BY 1"""
 
-IN_RANGE = """\
-    FROM v_robot_blocks_15m b
-    WHERE b.factory_id = '$factory' AND b.bucket >= $__timeFrom() AND b.bucket < $__timeTo()"""
-"""The factory's 15-minute blocks starting in the time range."""
+_FIRST_DAY = f"(({_FROM} AT TIME ZONE '{p.TIMEZONE}') - interval '1 microsecond')::date + 1"
+"""The first local day wholly inside the time range."""
+_END_DAY = f"({_TO} AT TIME ZONE '{p.TIMEZONE}')::date"
+"""The first local day not wholly inside it (days before it end by the range's end)."""
+_BLOCK_SUMS = "executing_s, fault_s, planned_s, planned_executing_s, failures, repairs, repair_s, covered_s"
+
+
+def _midnight(day: str) -> str:
+    return f"(({day})::timestamp AT TIME ZONE '{p.TIMEZONE}')"
+
+
+IN_RANGE = f"""\
+    FROM (
+      SELECT robot_id, {_midnight("day")} AS bucket, {_BLOCK_SUMS} FROM v_robot_blocks_daily
+      WHERE factory_id = '$factory' AND day >= {_FIRST_DAY} AND day < {_END_DAY}
+      UNION ALL
+      SELECT robot_id, bucket, {_BLOCK_SUMS} FROM v_robot_blocks_15m
+      WHERE factory_id = '$factory' AND bucket >= {_FROM} AND bucket < least({_TO}, {_midnight(_FIRST_DAY)})
+      UNION ALL
+      SELECT robot_id, bucket, {_BLOCK_SUMS} FROM v_robot_blocks_15m
+      WHERE factory_id = '$factory' AND bucket < {_TO}
+        AND bucket >= greatest({_FROM}, {_midnight(_FIRST_DAY)}, {_midnight(_END_DAY)})
+    ) b"""
+"""The factory's blocks starting in the time range: the daily blocks of the local days wholly in
+it (a day's block is the sum of its 15-minute blocks) and the 15-minute blocks of the part days
+at either end, so a year reads 365 rows per robot, not 35,040. ``bucket`` is a day's midnight
+for a daily block."""
 
 FAULT_TABLE = f"""\
     WITH per_robot AS (
       SELECT b.robot_id, sum(b.failures) AS failures, sum(b.fault_s) AS fault_s,
-             sum(b.executing_s) AS executing_s, sum(b.planned_s) AS planned_s, sum(b.repairs) AS repairs,
+             sum(b.executing_s) AS executing_s, sum(b.planned_executing_s) AS planned_executing_s,
+             sum(b.planned_s) AS planned_s, sum(b.repairs) AS repairs,
              sum(b.repair_s) AS repair_s, max(b.bucket) FILTER (WHERE b.failures > 0) AS last_fault
       {IN_RANGE.strip()}
       GROUP BY b.robot_id
@@ -119,11 +171,15 @@ FAULT_TABLE = f"""\
     SELECT {ROBOT_LABEL} AS robot, r.model, pr.failures, pr.fault_s / 3600 AS fault_h,
            pr.executing_s / 3600 / (pr.failures + 1) AS mtbf_h,
            pr.repair_s / 3600 / NULLIF(pr.repairs, 0) AS mttr_h,
-           pr.executing_s / NULLIF(pr.planned_s, 0) AS availability,
-           pr.last_fault
-    FROM per_robot pr JOIN v_robot_current r USING (robot_id)
+           pr.planned_executing_s / NULLIF(pr.planned_s, 0) AS availability,
+           (SELECT max(q.bucket) FROM v_robot_blocks_15m q
+            WHERE q.robot_id = pr.robot_id AND q.factory_id = '$factory' AND q.failures > 0
+              AND q.bucket >= pr.last_fault AND q.bucket < least(pr.last_fault + interval '1 day', {_TO})) AS last_fault
+    FROM per_robot pr JOIN v_robot_identity r USING (robot_id)
     ORDER BY pr.failures DESC, robot"""
-"""Per robot; ``last_fault`` is the start of the 15 minutes in which its last failure began."""
+"""Per robot; ``last_fault`` is the start of the 15 minutes in which its last failure began (the
+blocks give its day, the 15-minute blocks of that day the quarter hour);
+``availability`` (ISO 22400-2, APT / PBT) is the robot's utilisation on planned time, the same expression."""
 
 MTBF = f"""\
     SELECT sum(b.executing_s) / 3600 / NULLIF(sum(b.failures) + count(DISTINCT b.robot_id), 0) AS mtbf_h
@@ -138,21 +194,17 @@ FAILURES = f"""\
     {IN_RANGE.strip()}"""
 
 UTILISATION = f"""\
-    SELECT sum(b.executing_s) / NULLIF(sum(b.covered_s), 0) AS utilisation
+    SELECT sum(b.planned_executing_s) / NULLIF(sum(b.planned_s), 0) AS utilisation
     {IN_RANGE.strip()}"""
+"""Utilisation on planned time = ISO 22400-2 availability (APT / PBT): one figure, one expression
+(docs/clocks-and-shifts.md); EXECUTING / covered time when the factory is planned 24/7."""
 
-AVAILABILITY = f"""\
-    SELECT sum(b.executing_s) / NULLIF(sum(b.planned_s), 0) AS availability
-    {IN_RANGE.strip()}"""
-
-PLAN = """\
-    SELECT p.plan, sum(b.planned_s) / 3600 AS planned_h, sum(b.covered_s) / 3600 AS covered_h
+PLAN = f"""\
+    SELECT p.plan, t.planned_s / 3600 AS planned_h, t.covered_s / 3600 AS covered_h
     FROM v_factory_plan p
-    LEFT JOIN v_robot_blocks_15m b
-      ON b.factory_id = p.factory_id AND b.bucket >= $__timeFrom() AND b.bucket < $__timeTo()
-    WHERE p.factory_id = '$factory'
-    GROUP BY p.plan"""
-"""Which plan the availability uses ('planned: shift calendar' or 'planned: 24/7', issue 15)."""
+    CROSS JOIN (SELECT sum(b.planned_s) AS planned_s, sum(b.covered_s) AS covered_s {IN_RANGE.strip()}) t
+    WHERE p.factory_id = '$factory'"""
+"""Which plan utilisation (= availability) divides by ('planned: shift calendar' or 'planned: 24/7', issue 15)."""
 
 ROBOTS = """\
     SELECT count(*) FILTER (WHERE in_operation) AS robot_count FROM v_robot_current WHERE factory_id = '$factory'"""
@@ -161,7 +213,7 @@ SUBSIDY_EVIDENCE = f"""\
     WITH d AS (
       SELECT rd.robot_id, count(*) FILTER (WHERE rd.offline_s < rd.covered_s) AS days_reported,
              min(rd.day) AS first_day, max(rd.day) AS last_day, sum(rd.executing_s) / 3600 AS executing_h,
-             sum(rd.executing_s) / NULLIF(sum(rd.covered_s), 0) AS utilisation
+             sum(rd.planned_executing_s) / NULLIF(sum(rd.planned_s), 0) AS utilisation
       FROM v_robot_blocks_daily rd
       WHERE rd.factory_id = '$factory' AND {p.day_filter("rd.day")}
       GROUP BY rd.robot_id
@@ -191,19 +243,13 @@ def build() -> model.Dashboard:
     d = d.with_panel(p.stat_panel("Robots in operation 在用机器人", ROBOTS, w=4))
     for title, sql, unit, decimals, description in (
         (
-            "Utilisation 利用率",
+            "Utilisation 利用率 = availability 可用率",
             UTILISATION,
             "percentunit",
             1,
-            "EXECUTING time / covered time (from each robot's first report), over the time range.",
-        ),
-        (
-            "Availability 可用率",
-            AVAILABILITY,
-            "percentunit",
-            1,
-            "EXECUTING time / planned time, ISO 22400-2; planned: the factory's shift calendar, 24/7 without one "
-            "(see 'Planned time').",
+            "EXECUTING time inside the planned time / planned time, over the time range: utilisation on planned "
+            "time, which is ISO 22400-2 availability (APT / PBT), one figure. Planned: the factory's shift "
+            "calendar, 24/7 without one (see 'Planned time'); overtime does not count.",
         ),
         ("Failures 故障次数", FAILURES, "short", None, "FAULT runs starting in the time range."),
         (
@@ -223,7 +269,8 @@ def build() -> model.Dashboard:
             w=8,
             h=4,
             units={"planned_h": "h", "covered_h": "h"},
-            description="The plan availability divides by: the factory's shift calendar, or 24/7 without one.",
+            description="The plan utilisation (= availability) divides by: the factory's shift calendar, "
+            "or 24/7 without one.",
         )
     )
     d = d.with_row(p.row("States and utilisation 状态与利用率"))

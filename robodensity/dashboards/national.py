@@ -33,7 +33,7 @@ PROVINCES = """\
     SELECT DISTINCT ON (d.region_code)
            d.region_code AS code, d.region_name AS "省份", d.region_name_en AS province, d.period_end,
            d.robot_count, d.employee_count, d.robot_density, d.verified_density, d.target,
-           d.robot_density / NULLIF(d.target, 0) AS target_progress, d.coverage, d.utilisation
+           d.robot_density / NULLIF(d.target, 0) AS target_progress, d.coverage, d.utilisation, d.plan
     FROM v_density d
     WHERE d.level = 1 AND d.industry_code = '*' AND d.period_end <= $__timeTo()
     ORDER BY d.region_code, d.period_end DESC, d.period_start DESC"""
@@ -41,10 +41,12 @@ PROVINCES = """\
 
 PROVINCE_UTILISATION = f"""\
     SELECT (rd.day::timestamp AT TIME ZONE '{p.TIMEZONE}') AS "time", rd.region_name_en AS metric,
-           rd.executing_s / NULLIF(rd.covered_s, 0) AS utilisation
+           rd.planned_executing_s / NULLIF(rd.planned_s, 0) AS utilisation
     FROM v_region_daily rd
     WHERE rd.level = 1 AND rd.industry_code = '*' AND {p.day_filter("rd.day")}
     ORDER BY 1, 2"""
+
+PLAN_NOTE = p.UTILISATION_PLAN_NOTE
 
 
 def build() -> model.Dashboard:
@@ -75,10 +77,16 @@ def build() -> model.Dashboard:
             "Provinces 各省明细",
             PROVINCES,
             units={**p.density_table_units(), "target_progress": "percentunit"},
-            description="Each province's latest period in range, as its own deployment computed it.",
+            description="Each province's latest period in range, as its own deployment computed it; " + PLAN_NOTE,
         )
     )
     d = d.with_panel(
-        p.ts_panel("Daily utilisation by province 各省日利用率", PROVINCE_UTILISATION, unit="percentunit", w=24)
+        p.ts_panel(
+            "Daily utilisation by province 各省日利用率",
+            PROVINCE_UTILISATION,
+            unit="percentunit",
+            w=24,
+            description=PLAN_NOTE,
+        )
     )
     return d.build()

@@ -42,6 +42,12 @@ DATASOURCE_TYPE = "grafana-postgresql-datasource"
 DATASOURCE_NAME = "RoboDensity PostgreSQL"
 DATASOURCE = model.DataSourceRef(type_val=DATASOURCE_TYPE, uid=DATASOURCE_UID)
 TIMEZONE = DEFAULT_TIMEZONE
+UTILISATION_PLAN_NOTE = (
+    "Utilisation = EXECUTING time inside the planned time / planned time (= ISO 22400-2 availability). "
+    "Planned: each factory's shift calendar, 24/7 where it has none; a density row's 'plan' column says which "
+    "(planned: 24/7, or planned: shift calendars (N of M factories))."
+)
+"""What every region utilisation panel says of the plan it divides by (issue 15)."""
 """Days of the daily blocks are China Standard Time days; dashboards show that zone."""
 
 Format = Literal["time_series", "table"]

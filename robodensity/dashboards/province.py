@@ -71,7 +71,7 @@ CITY_TABLE = f"""\
     SELECT d.region_code AS code, d.region_name AS "城市", d.region_name_en AS city,
            d.robot_count, d.employee_count, d.robot_density, d.verified_density, d.target,
            d.robot_density / NULLIF(d.target, 0) AS target_progress,
-           d.coverage, d.domestic_share, d.utilisation, d.definition, d.denominator_source, d.vintage,
+           d.coverage, d.domestic_share, d.utilisation, d.plan, d.definition, d.denominator_source, d.vintage,
            d.target_definition
     FROM v_density d JOIN p USING (period_start, period_end)
     WHERE d.parent_code = '$region' AND d.industry_code = '*'
@@ -223,11 +223,20 @@ def build() -> model.Dashboard:
             _latest("d.utilisation", "utilisation"),
             unit=percent,
             w=4,
-            description="EXECUTING time / covered calendar time, summed over the region's robots (the blocks).",
+            description="Summed over the region's robots (the blocks), latest period. " + p.UTILISATION_PLAN_NOTE,
         )
     )
     d = d.with_panel(p.stat_panel("Robots 机器人数", _latest("d.robot_count", "robot_count"), unit="none", w=4))
-    d = d.with_panel(p.ts_panel("Coverage, domestic share, utilisation 趋势", SHARES_TREND, unit=percent, w=24, h=7))
+    d = d.with_panel(
+        p.ts_panel(
+            "Coverage, domestic share, utilisation 趋势",
+            SHARES_TREND,
+            unit=percent,
+            w=24,
+            h=7,
+            description=p.UTILISATION_PLAN_NOTE,
+        )
+    )
     d = d.with_panel(definitions_panel(p.LATEST_PERIOD, "*"))
     d = d.with_row(p.row("By city and industry 分城市与行业"))
     d = d.with_panel(p.bar_panel("Density by city 各市密度", BY_CITY, x_field="city", unit="none"))
@@ -237,6 +246,7 @@ def build() -> model.Dashboard:
             "Cities 城市明细",
             CITY_TABLE,
             units=p.density_table_units(),
+            description="Latest period; 'plan' names the planned time each city's utilisation divides by.",
         )
     )
     return d.build()

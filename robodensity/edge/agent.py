@@ -6,7 +6,10 @@ Four kinds of task share one event loop, all owned by one TaskGroup:
 - the sender, which takes unsent (or timed-out) events from the outbox, publishes
   them in batches, and keeps at most ``max_inflight_batches`` unacknowledged;
 - the acker: acks from the collector (handed over by the uplink's thread) delete events
-  from the outbox. Nothing else does.
+  from the outbox. Nothing else does;
+- the clock keeper, which saves the robots' clock estimates in the outbox every
+  ``SAVE_EVERY_S`` (and the agent saves them once more when it stops), so a restarted agent
+  judges a backlog with what it had learnt (edge/clock_truth.py).
 A task that fails cancels the others and :meth:`EdgeAgent.run` raises its exception: no
 error is lost in a task nobody awaits. A source's SourceError is not a failure: its
 reader retries with backoff.
@@ -32,12 +35,14 @@ from typing import Protocol
 from robodensity.core import clock, wire
 from robodensity.core.errors import ConfigError, OutboxFull, SourceError
 from robodensity.core.settings import Settings
-from robodensity.edge.clock_truth import AgentClock, ClockTruth
+from robodensity.edge.clock_truth import SAVE_EVERY_S, AgentClock, ClockTruth
 from robodensity.edge.health import serve
 from robodensity.edge.outbox import Outbox
 from robodensity.edge.uplink import Uplink
 
 log = logging.getLogger(__name__)
+CLOCK_STATE = "clock"
+"""The outbox's ``edge_state`` kind holding the robots' clock estimates."""
 
 
 class Source(Protocol):
@@ -117,6 +122,7 @@ class EdgeAgent:
         self._inflight: dict[int, tuple[float, set[int]]] = {}  # first seq -> (sent, unacked seqs)
         self.uplink: Uplink | None = None
         self.clock_truth = ClockTruth(self.cfg.clock_threshold_s)  # controllers' clocks (issue 15)
+        self.clock_truth.restore(self.outbox.load_state(CLOCK_STATE))  # as the last run left them
         self.agent_clock = AgentClock(self.cfg.clock_threshold_s)  # this agent's against the collector's
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -133,6 +139,7 @@ class EdgeAgent:
                 tasks = [tg.create_task(self._read(i, s), name=f"read {s!r}") for i, s in enumerate(self.sources)]
                 tasks += [tg.create_task(self._store(), name="store"), tg.create_task(self._send(), name="send")]
                 tasks.append(tg.create_task(self._apply_acks(), name="acks"))
+                tasks.append(tg.create_task(self._keep_clocks(), name="clock estimates"))
                 await stop.wait()
                 for t in tasks:
                     t.cancel()
@@ -145,6 +152,10 @@ class EdgeAgent:
             if health is not None:
                 health.close()
             await asyncio.to_thread(self.uplink.stop)  # joins paho's thread
+            try:
+                await self._save_clocks()
+            except Exception as exc:  # never in place of what stopped the agent
+                log.error("the robots' clock estimates were not saved: %r; the last saved ones stay", exc)
             await asyncio.to_thread(self.outbox.close)
 
     def backlog(self) -> int:
@@ -289,6 +300,18 @@ class EdgeAgent:
                     if ack.now is not None:
                         self.agent_clock.sample(ack.now, sent, time.monotonic(), clock.now())
             self._acked.set()
+
+    # -- clock estimates -------------------------------------------------------------
+    async def _keep_clocks(self) -> None:
+        while True:
+            await asyncio.sleep(SAVE_EVERY_S)  # a save period, not synchronisation
+            await self._save_clocks()
+
+    async def _save_clocks(self) -> None:
+        """Save the robots' clock estimates (taken on the loop, written in a worker thread)."""
+        snapshot = self.clock_truth.snapshot()
+        async with self._lock:
+            await asyncio.to_thread(self.outbox.save_state, CLOCK_STATE, snapshot)
 
     def _on_refused(self, _mid: int) -> None:
         self.stats.refused_publishes += 1

@@ -26,6 +26,11 @@ Per robot (a controller's clock is the robot's; one source may front several con
   the estimate (a clock that just jumped ahead, before the median follows): it gets its receive
   time and ``clock_offset_s = delta``. So nothing is ever refused by the collector's time window.
 
+The estimates survive a restart: the agent saves :meth:`ClockTruth.snapshot` in its outbox
+(every ``SAVE_EVERY_S`` and when it stops) and :meth:`ClockTruth.restore` s it when it starts,
+so a backlog a factory broker delivers right after the restart is judged with the learnt
+clock, not with the backlog's own (spread-out) deltas.
+
 The agent's own clock against the collector's (:class:`AgentClock`) is measured from the acks,
 NTP-style: each ack carries the collector's time ``tc``; for a batch sent at ``t0`` and acked at
 ``t1`` (the agent's clock) one sample is ``tc - (t0 + t1) / 2`` with round trip ``t1 - t0``; the
@@ -36,11 +41,13 @@ is only called off (a warning) when it exceeds the threshold by more than half t
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import statistics
 import time
 from collections import deque
-from datetime import datetime, timedelta
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 
 from robodensity.core import wire
 
@@ -56,6 +63,8 @@ MIN_SPAN_S = 30.0
 never for this long."""
 REPORT_EVERY_S = 60.0
 """[s] how often the agent puts its own offset into a batch's head."""
+SAVE_EVERY_S = 60.0
+"""[s] how often the agent saves the robots' estimates in its outbox (and when it stops)."""
 
 
 @dataclasses.dataclass
@@ -112,6 +121,44 @@ class ClockTruth:
         self.corrected_readings += 1
         ts = min(reading.ts + timedelta(seconds=offset), received)
         return dataclasses.replace(reading, ts=ts, clock_offset_s=round(offset, 3))
+
+    def snapshot(self) -> dict[str, str]:
+        """Robot key -> its estimate's state as JSON (deltas [s], their receive times [s since
+        epoch], corrected): what :meth:`restore` takes back after a restart."""
+        return {
+            key: json.dumps(
+                {
+                    "deltas": list(r.deltas),
+                    "received": [t.timestamp() for t in r.received],
+                    "corrected": r.corrected,
+                }
+            )
+            for key, r in self.robots.items()
+        }
+
+    def restore(self, saved: Mapping[str, str]) -> None:
+        """Take back the estimates of :meth:`snapshot`; an entry that does not read is skipped
+        (its robot is learnt again, as without it) and logged."""
+        for key, text in saved.items():
+            try:
+                state = json.loads(text)
+                deltas = [float(d) for d in state["deltas"]]
+                received = [datetime.fromtimestamp(float(t), UTC) for t in state["received"]]
+                if not deltas or len(deltas) != len(received):
+                    raise ValueError("deltas and receive times differ in number")
+                robot = _Robot(deque(deltas, maxlen=WINDOW), deque(received, maxlen=WINDOW))
+                robot.estimate = statistics.median(robot.deltas)
+                robot.corrected = bool(state["corrected"])
+            except (ValueError, KeyError, TypeError, OverflowError) as exc:
+                log.warning("robot %s: its saved clock estimate does not read (%s); learning it again", key, exc)
+                continue
+            self.robots[key] = robot
+        if saved:
+            log.info(
+                "clock estimates of %d robot(s) restored, %d of them corrected",
+                len(self.robots),
+                self.corrected_robots,
+            )
 
     def offsets(self) -> dict[str, float]:
         """Robot key -> its estimated offset [s] (receive - source; negative: the clock is fast)."""

@@ -33,7 +33,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
@@ -50,6 +50,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     created REAL NOT NULL,             -- wall time [s since epoch] it entered the outbox
     sent_at REAL                       -- wall time of the last send, NULL if never
 );
+CREATE TABLE IF NOT EXISTS edge_state (
+    kind    TEXT NOT NULL,             -- what is kept: 'clock', a robot clock's estimate (edge/clock_truth.py)
+    key     TEXT NOT NULL,             -- whose: the robot's key
+    value   TEXT NOT NULL,             -- JSON, as its owner wrote it
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
 """
 _KIND = {EventType.STATE: 0, EventType.ALARM: 1, EventType.COUNTER: 2}
 RESERVE_BYTES = 1 << 20
@@ -289,6 +295,30 @@ class Outbox:
             return 0
         self._written()
         return deleted
+
+    @_locked
+    def save_state(self, kind: str, values: Mapping[str, str]) -> bool:
+        """Replace the agent's saved ``kind`` state (key -> JSON) with ``values``, in one durable
+        transaction; False (logged once, nothing changed) when the disk is full."""
+        self._rollback()  # what a failed operation left open (the agent saves when it stops, whyever)
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("DELETE FROM edge_state WHERE kind = ?", (kind,))
+            self.db.executemany("INSERT INTO edge_state VALUES (?, ?, ?)", [(kind, k, v) for k, v in values.items()])
+            self.db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if not _disk_full(exc):
+                raise
+            self._rollback()
+            self._full(exc, f"saving the {kind} state")
+            return False
+        self._written()
+        return True
+
+    @_locked
+    def load_state(self, kind: str) -> dict[str, str]:
+        """The ``kind`` state :meth:`save_state` saved last (empty when none)."""
+        return dict(self.db.execute("SELECT key, value FROM edge_state WHERE kind = ? ORDER BY key", (kind,)))
 
     @_locked
     def backlog(self) -> int:

@@ -25,12 +25,15 @@ Glossary (canonical names, used from SQL columns to panel titles):
 ``executing_s`` ... ``offline_s``, ``covered_s`` [s]
     Time in each state, covered time only (from a robot's first state event); their sum.
     ``seconds`` arrays hold time per state, last axis in the order of :data:`metrics.states.STATES`.
-``planned_s``, ``failures``, ``repairs``, ``repair_s``
-    The other block columns (:mod:`metrics.blocks`).
+``planned_s``, ``planned_executing_s``, ``failures``, ``repairs``, ``repair_s``
+    The other block columns (:mod:`metrics.blocks`): planned busy time (PBT) and EXECUTING
+    time inside it (APT), 24/7 unless the factory has a shift calendar.
 ``utilisation`` [1]
-    ``executing_s`` / ``covered_s``.
+    Utilisation on planned time, ``planned_executing_s / planned_s``
+    (:func:`metrics.reliability.utilisation`); ``executing_s / covered_s`` under 24/7.
 ``availability`` [1]
-    ISO 22400-2: actual production time / planned busy time, ``executing_s / planned_s``.
+    ISO 22400-2: actual production time / planned busy time: the same figure as
+    ``utilisation``, by the same function (not a second rule).
 ``mtbf_s``, ``mttr_s`` [s]
     ``executing_s / (failures + robots)``; ``repair_s / repairs``.
 ``operational_stock`` [robots]

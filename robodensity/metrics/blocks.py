@@ -10,8 +10,13 @@ Columns (:data:`COLUMNS`), per robot and bucket:
     Time in each state, covered time only (:mod:`metrics.state_time`: from the robot's
     first state event on). Their sum is the covered time ``covered_s``.
 ``planned_s`` [s]
-    Covered time the robot was planned to run: 24/7 until shift calendars exist, so equal
-    to ``covered_s`` now; a column of its own so a plan can shrink it later.
+    Covered time the robot was planned to run (ISO 22400-2 planned busy time, PBT): 24/7
+    (``planned_s == covered_s``) unless its factory has a shift calendar, which shrinks it
+    (``app/shift_plan.py``: covered time x the planned share of the bucket).
+``planned_executing_s`` [s]
+    EXECUTING time inside the planned time (actual production time, APT): by the same rule,
+    ``executing_s`` x the planned share of the bucket, so 24/7 gives ``executing_s`` and
+    overtime (EXECUTING outside the plan) counts in neither this nor ``planned_s``.
 ``failures`` [1]
     FAULT runs (:func:`metrics.reliability.fault_runs`) *starting* in the bucket.
 ``repairs`` [1], ``repair_s`` [s]
@@ -22,8 +27,8 @@ Columns (:data:`COLUMNS`), per robot and bucket:
     computation's end is in no repair (right-censored) until a later run sees it end.
 
 Figures from sums over any robots and buckets (:mod:`metrics.reliability`):
-utilisation = executing_s / covered_s; availability = executing_s / planned_s;
-MTBF = executing_s / (failures + robots); MTTR = repair_s / repairs.
+utilisation = ISO 22400-2 availability = planned_executing_s / planned_s (APT / PBT;
+``executing_s / covered_s`` under 24/7); MTBF = executing_s / (failures + robots); MTTR = repair_s / repairs.
 """
 
 from __future__ import annotations
@@ -34,14 +39,15 @@ import numpy as np
 
 from robodensity.metrics import state_time as _st
 from robodensity.metrics.reliability import fault_runs
-from robodensity.metrics.states import STATES
+from robodensity.metrics.states import EXECUTING, STATES
 
 QUARTER_HOUR_S = 900
 """Length of the short blocks [s]."""
 STATE_COLUMNS: tuple[str, ...] = tuple(f"{s.value.lower()}_s" for s in STATES)
 """``executing_s`` ... ``offline_s``, in the order of :data:`metrics.states.STATES`."""
-COLUMNS: tuple[str, ...] = (*STATE_COLUMNS, "planned_s", "failures", "repairs", "repair_s")
-"""Every block column, in the order of :meth:`Blocks.columns` and of the tables."""
+COLUMNS: tuple[str, ...] = (*STATE_COLUMNS, "planned_s", "planned_executing_s", "failures", "repairs", "repair_s")
+"""Every block column, in the order of :meth:`Blocks.columns`; the tables have the same names
+(``planned_executing_s`` last there: migration 080 added it), and the job names them in its COPYs."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class Blocks:
     edges: np.ndarray  # int64, n_buckets + 1 bucket edges [µs since epoch]
     seconds: np.ndarray  # float64 (n_robots, n_buckets, len(STATES)) [s]
     planned_s: np.ndarray  # float64 (n_robots, n_buckets) [s]
+    planned_executing_s: np.ndarray  # float64 (n_robots, n_buckets) [s]
     failures: np.ndarray  # int64 (n_robots, n_buckets) [1]
     repairs: np.ndarray  # int64 (n_robots, n_buckets) [1]
     repair_s: np.ndarray  # float64 (n_robots, n_buckets) [s]
@@ -66,6 +73,7 @@ class Blocks:
             [
                 self.seconds,
                 self.planned_s[..., None],
+                self.planned_executing_s[..., None],
                 self.failures[..., None].astype(np.float64),
                 self.repairs[..., None].astype(np.float64),
                 self.repair_s[..., None],
@@ -93,6 +101,7 @@ class Blocks:
             np.append(self.edges[idx], self.edges[-1]),
             s(self.seconds),
             s(self.planned_s),
+            s(self.planned_executing_s),
             s(self.failures),
             s(self.repairs),
             s(self.repair_s),
@@ -155,6 +164,7 @@ def robot_blocks(robot: np.ndarray, ts: np.ndarray, state: np.ndarray, n_robots:
         edges=bk.edges,
         seconds=seconds,
         planned_s=seconds.sum(axis=-1),  # 24/7: every covered second is planned
+        planned_executing_s=seconds[..., EXECUTING].copy(),  # ... and so every EXECUTING second
         failures=per_bucket(runs.start, every).astype(np.int64),
         repairs=per_bucket(runs.end, runs.ended).astype(np.int64),
         repair_s=per_bucket(runs.end, runs.ended, runs.duration_s).astype(np.float64),

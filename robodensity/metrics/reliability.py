@@ -4,7 +4,8 @@ Events are the arrays of :mod:`metrics.state_time`: ``robot``, ``ts`` [µs since
 datetime64], ``state`` codes, sorted by robot, then ts.
 
 Mapping of canonical states to ISO 22400-2 time elements within the planned busy time
-(PBT; ``planned_s`` of the blocks), following OPC 40001-1 Annex C:
+(PBT; ``planned_s`` of the blocks), following OPC 40001-1 Annex C (APT is counted inside the
+plan only: ``planned_executing_s``):
 
 =================  ========================================  =====================
 ISO 22400-2        meaning                                   canonical states
@@ -124,19 +125,33 @@ def mttr_s(repair_s: object, repairs: object) -> np.ndarray:
     return _ratio(repair_s, repairs)
 
 
-def availability(apt_s: object, pbt_s: object) -> np.ndarray:
-    """ISO 22400-2 availability: actual production time / planned busy time.
+def utilisation(apt_s: object, pbt_s: object) -> np.ndarray:
+    """Utilisation on planned time, which is ISO 22400-2 availability: APT / PBT.
+
+    One figure under two names (docs/clocks-and-shifts.md): the share of the planned busy
+    time the robot spent executing. Under a 24/7 plan it is EXECUTING / covered time.
 
     Parameters
     ----------
     apt_s : array_like
-        Actual production time [s] (``executing_s``).
+        Actual production time [s]: EXECUTING time inside the plan (``planned_executing_s``).
     pbt_s : array_like
         Planned busy time [s] (``planned_s``).
 
     Returns
     -------
     numpy.ndarray of float64
-        Availability [1]; NaN where the planned busy time is 0.
+        Utilisation = availability [1]; NaN where the planned busy time is 0.
+
+    Examples
+    --------
+    Two shifts (16 h) planned, 12 h executing in them and 3 h of overtime (not counted):
+
+    >>> float(utilisation(12 * 3600, 16 * 3600))
+    0.75
     """
     return _ratio(apt_s, pbt_s)
+
+
+availability = utilisation
+"""ISO 22400-2 availability (APT / PBT): the same function as :func:`utilisation`, not a second rule."""

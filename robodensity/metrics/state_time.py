@@ -340,7 +340,11 @@ def seconds_in_buckets(
 
 
 def utilisation(seconds: np.ndarray) -> np.ndarray:
-    """Utilisation: EXECUTING time over covered calendar time.
+    """Utilisation under a 24/7 plan: EXECUTING time over covered calendar time.
+
+    With shift calendars the figure is :func:`metrics.reliability.utilisation` of the blocks'
+    ``planned_executing_s`` and ``planned_s``; the two agree whenever every covered second is
+    planned (the blocks' 24/7 default).
 
     Parameters
     ----------

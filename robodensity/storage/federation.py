@@ -4,8 +4,11 @@ A province's deployment publishes its aggregate tables, each cut by a row filter
 province's own regions (GB/T 2260 codes ``PP0000`` to ``PP9999``):
 
 * ``regions``      the province and its cities and districts;
-* ``density``      the density rows, every definition (the definitions themselves are data
-                   of the migrations, the same on every deployment of a version);
+* ``density_definitions`` the province's own definitions (``origin`` its code, migration 090;
+                   the shipped ones are data of the migrations, the same everywhere);
+* ``key_industries``, ``employment_statistics`` what its "key" scope and official
+                   denominators mean: its key-industry lists and employment statistics;
+* ``density``      the density rows, every definition;
 * ``targets``      the province's own targets (``scope_region`` in the province);
 * ``region_daily`` region x day aggregates of the daily metric blocks.
 
@@ -36,6 +39,9 @@ from robodensity.storage.db import check_schema, connect, migrate
 
 FEDERATED: dict[str, str] = {
     "regions": "code",
+    "density_definitions": "origin",
+    "key_industries": "region_code",
+    "employment_statistics": "region_code",
     "density": "region_code",
     "targets": "scope_region",
     "region_daily": "region_code",
@@ -60,11 +66,10 @@ def subscription_name(schema: str, province: str) -> str:
     return f"{check_schema(schema)}_{province}"
 
 
-def _in_province(column: str, province: str) -> sql.Composed:
+def _in_province(column: str, province: str, alias: str | None = None) -> sql.Composed:
     low, high = check_province(province)
-    return sql.SQL("({col} >= {low} AND {col} < {high})").format(
-        col=sql.Identifier(column), low=sql.Literal(low), high=sql.Literal(high)
-    )
+    col = sql.Identifier(alias, column) if alias else sql.Identifier(column)
+    return sql.SQL("({col} >= {low} AND {col} < {high})").format(col=col, low=sql.Literal(low), high=sql.Literal(high))
 
 
 def _need_logical(conn: psycopg.Connection) -> None:
@@ -81,6 +86,22 @@ def publish(conn: psycopg.Connection, schema: str, province: str) -> list[str]:
     ``conn`` must be in autocommit mode or the caller commits.
     """
     _need_logical(conn)
+    unpublished = conn.execute(
+        sql.SQL(
+            "SELECT string_agg(DISTINCT d.definition, ', ' ORDER BY d.definition) FROM {} d JOIN {} dd "
+            "USING (definition) WHERE {} AND dd.origin <> 'shipped' AND NOT {}"
+        ).format(
+            sql.Identifier(schema, "density"),
+            sql.Identifier(schema, "density_definitions"),
+            _in_province("region_code", province, "d"),
+            _in_province("origin", province, "dd"),
+        )
+    ).fetchone()
+    if unpublished and unpublished[0]:
+        raise ConfigError(
+            f"density rows of province {province} use definitions the nation would not get: {unpublished[0]}; "
+            f"give them origin {province} in the definitions file and import it again (robodensity definitions import)"
+        )
     name = publication_name(schema)
     tables = sql.SQL(", ").join(
         sql.SQL("{} WHERE {}").format(sql.Identifier(schema, table), _in_province(column, province))

@@ -434,6 +434,7 @@ def import_registry(conn: psycopg.Connection, source: Path) -> dict[str, int]:
                     rows = [{k: r[k] for k in ("factory_id", "valid_from", "manufacturer", "serial")} for r in rows]
                 cur.executemany(table.upsert, [tuple(r.values()) for r in rows])
                 counts[table.name] = len(rows)
+            cur.execute("SELECT refresh_factory_fleet()")  # robots in operation per factory (migration 090)
     except psycopg.Error as exc:  # a check above missed something: still one line, still nothing imported
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise RegistryError(str(source), [f"{source}:1: (import): the database refused the rows: {first}"]) from None

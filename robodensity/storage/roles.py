@@ -53,13 +53,16 @@ def create_department_role(
     ``conn`` needs CREATEROLE. The role reads the aggregated views (density, daily and
     15-minute utilisation, factories, reference data); forced row-level security on the
     tables behind them keeps other regions' rows out, whoever owns the views. A
-    ``password`` (printable ASCII) replaces the role's password.
+    ``password`` (printable ASCII) replaces the role's password. Like the reader, the role
+    logs in with the dashboards' settings (no JIT).
     """
     verifier = scram_sha_256(password) if password is not None else None
     with _translated(f"cannot create department role {role!r}", schema), conn.transaction():
         conn.execute(
             sql.SQL("SELECT {}.create_department_role(%s, %s)").format(sql.Identifier(schema)), (role, region_code)
         )
+        # dashboards' settings (jit = off, migration 090), as the reader's
+        conn.execute(sql.SQL("SELECT {}.dashboard_role_settings(%s)").format(sql.Identifier(schema)), (role,))
         if verifier is not None:
             conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(verifier)))
     [found] = [r for r in department_roles(conn, schema) if r.name == role]

@@ -32,6 +32,17 @@ Parser = Callable[[str], Any]
 LABEL_24_7 = "planned: 24/7"
 LABEL_CALENDAR = "planned: shift calendar"
 ALL_FACTORIES = "*"
+
+
+def plan_label(with_calendar: int, factories: int) -> str:
+    """The plan a figure over ``factories`` factories used, ``with_calendar`` of them on a shift
+    calendar: 'planned: 24/7' or 'planned: shift calendars (N of M factories)'."""
+    if with_calendar == 0:
+        return LABEL_24_7
+    others = "" if with_calendar == factories else ", the others 24/7"
+    return f"planned: shift calendars ({with_calendar} of {factories} factories{others})"
+
+
 OPTIONAL_TABLES = ("shifts", "holidays", "maintenance")
 """Registry tables an import may leave out without them being counted."""
 

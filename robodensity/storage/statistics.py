@@ -6,7 +6,8 @@
   employees, source, vintage, and optionally firms (``all``, the default, or
   ``above_designated_size``) -- official employment by region x industry x year;
 * ``installations``: region, year, installations, source, vintage -- robots installed;
-* ``definitions``: definition, numerator, scope, unit, denominator, title, title_zh;
+* ``definitions``: definition, numerator, scope, unit, denominator, title, title_zh, origin (optional:
+  ``local``, or the region code of the statisticians who defined it, which a province publishes);
 * ``key_industries``: region_code, industry_code, source -- the key industries of a region;
 
 from one CSV file (its stem names the table, else ``default``), a folder of such CSV files,
@@ -17,6 +18,7 @@ as ``file:line: column: problem`` and nothing is imported. Rows are upserted.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -53,6 +55,15 @@ def _one_of(*allowed: str) -> Parser:
 
 def _industry_or_all(s: str) -> str:
     return "*" if s.strip() == "*" else INDUSTRY(s)
+
+
+def _origin(s: str) -> str:
+    """Who defined a definition (migration 090): ``local`` (this deployment only) or the GB/T 2260
+    code of the region whose statisticians did, so a province's own definitions replicate."""
+    s = s.strip() or "local"
+    if s != "local" and not re.fullmatch(r"[1-9][0-9]{5}", s):
+        raise ValueError(f"{s!r} is neither local nor a GB/T 2260 region code like 320000")
+    return s
 
 
 def _year(s: str) -> int:
@@ -97,12 +108,15 @@ TABLES = (
             "denominator": _one_of("participating", "official"),
             "title": _required,
             "title_zh": str.strip,
+            "origin": _origin,
         },
-        "INSERT INTO density_definitions VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (definition) DO UPDATE SET "
+        "INSERT INTO density_definitions (definition, numerator, scope, unit, denominator, title, title_zh, origin) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (definition) DO UPDATE SET "
         "numerator = EXCLUDED.numerator, scope = EXCLUDED.scope, unit = EXCLUDED.unit, "
-        "denominator = EXCLUDED.denominator, title = EXCLUDED.title, title_zh = EXCLUDED.title_zh",
+        "denominator = EXCLUDED.denominator, title = EXCLUDED.title, title_zh = EXCLUDED.title_zh, "
+        "origin = EXCLUDED.origin",
         ("definition",),
-        {"title_zh": ""},
+        {"title_zh": "", "origin": "local"},
     ),
     Table(
         "key_industries",

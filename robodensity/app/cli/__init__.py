@@ -114,7 +114,7 @@ def demo(
         f"{len(result.province.robots)} robots in {len(result.province.factories)} factories; "
         f"{result.events_stored} events stored. Density = registered robots per 10,000 employees; "
         "verified = robots that did real work; coverage = share of registered robots reporting; "
-        "utilisation = EXECUTING / calendar time."
+        "utilisation = EXECUTING / planned time (the plan column: 24/7 or shift calendars)."
     )
     console.print(f"Dashboards: {out / 'dashboards'}   Registry CSV: {out / 'registry'}")
     console.print(f"Bulletin: {result.bulletin}  (open it in a browser: no Grafana needed)")

@@ -16,7 +16,8 @@ app = typer.Typer(help="Density definitions: numerator scope and denominator, as
 def definitions_import(
     source: Path = typer.Argument(
         ...,
-        help="definitions.csv (definition, numerator, scope, unit, denominator, title, title_zh), "
+        help="definitions.csv (definition, numerator, scope, unit, denominator, title, title_zh, optional origin: "
+        "local, or the region code of who defined it, which a province publishes to the nation), "
         "key_industries.csv (region_code, industry_code, source), a folder of them, or an XLSX workbook.",
     ),
     config: Path | None = ConfigOpt,
@@ -42,7 +43,7 @@ def definitions_list(config: Path | None = ConfigOpt, schema: str = SchemaOpt) -
     """
     with open_db(config, schema) as conn:
         rows = conn.execute(
-            "SELECT definition, numerator, scope, unit, denominator, title FROM density_definitions ORDER BY 1"
+            "SELECT definition, numerator, scope, unit, denominator, origin, title FROM density_definitions ORDER BY 1"
         ).fetchall()
     for row in rows:
         console.print("  ".join(map(str, row)), highlight=False)

@@ -47,6 +47,11 @@ def simulate_opcua(
         "vendor: vendor-named nodes only.",
     ),
     seed: int = typer.Option(1, help="Same seed, same robots doing the same things."),
+    clock_offset_s: float = typer.Option(
+        0.0,
+        help="How far the controller's clock runs off real time [s] (3600: an hour fast); "
+        "its SourceTimestamps carry it.",
+    ),
 ) -> None:
     """Run a simulated robot controller (asyncua server with the OPC Foundation nodesets).
 
@@ -68,7 +73,8 @@ def simulate_opcua(
     schedules = {r.key: state_schedule(seed, r.key, start, end) for r in sims}
 
     async def main() -> None:
-        async with OpcUaController(sims, port=port, variant=variant) as ctrl:  # type: ignore[arg-type]
+        ctrl = OpcUaController(sims, port=port, variant=variant, clock_offset_s=clock_offset_s)  # type: ignore[arg-type]
+        async with ctrl:
             for key, sched in schedules.items():
                 await ctrl.set_state(key, sched[0][1], sched[0][0])
             console.print(f"serving {robots} robots at {ctrl.url}; replaying {hours:g} h at {speed:g}x")

@@ -7,7 +7,7 @@ import logging
 import socket
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, cast
@@ -35,9 +35,13 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def _dv(value: ua.Variant | None, ts: datetime, status: ua.StatusCode | None = None) -> ua.DataValue:
-    """A DataValue stamped with simulated time ``ts`` at the source and wall time at the server."""
+def _dv(
+    value: ua.Variant | None, ts: datetime, status: ua.StatusCode | None = None, offset: timedelta = timedelta(0)
+) -> ua.DataValue:
+    """A DataValue stamped with simulated time ``ts`` (plus the device clock's ``offset``) at the
+    source and wall time at the server."""
     now = datetime.now(ts.tzinfo)
+    ts = ts + offset
     if status is not None:
         return ua.DataValue(StatusCode=status, SourceTimestamp=cast(Any, ts), ServerTimestamp=cast(Any, now))
     return ua.DataValue(value, SourceTimestamp=cast(Any, ts), ServerTimestamp=cast(Any, now))
@@ -69,6 +73,7 @@ class OpcUaController:
         allow_anonymous: bool = True,
         users: Mapping[str, str] | None = None,
         trusted_clients: Path | None = None,
+        clock_offset_s: float = 0.0,
     ) -> None:
         """``certificate`` and ``private_key`` (PEM or DER; the certificate's URI SAN should be
         APPLICATION_URI): offer only Basic256Sha256, Aes128_Sha256_RsaOaep and
@@ -81,7 +86,14 @@ class OpcUaController:
         certificates, ``.pem``/``.der`` only (keys must not be in it), read at start; a
         client whose certificate does not chain to one of them, or is outside its validity
         period, is refused at CreateSession. It needs ``certificate``/``private_key``:
-        without security a client sends no certificate."""
+        without security a client sends no certificate.
+
+        ``clock_offset_s`` [s]: how far the controller's own clock runs off real time (positive:
+        fast). The SourceTimestamp is "the timestamp that was applied to a Variable value by the
+        data source", always by the same physical clock (OPC 10000-4 1.05, 7.11.3), and it and
+        the ServerTimestamp "may originate from different clocks that have no synchronization"
+        (OPC 10000-3, 8.37): every SourceTimestamp written is ``ts + clock_offset_s``, the
+        ServerTimestamp stays this host's clock. Fault injection for the edge's clock truth."""
         self.access = Access(
             certificate, private_key, allow_anonymous, dict(users) if users is not None else None, trusted_clients
         )
@@ -92,6 +104,7 @@ class OpcUaController:
         self.port = port
         self.variant = variant
         self.name = name
+        self.clock_offset = timedelta(seconds=clock_offset_s)
         self.url = ""
         self._server: Server | None = None
         # robot key -> signal name -> NodeId of the variable that carries it
@@ -133,6 +146,8 @@ class OpcUaController:
         finally:
             if gc_was_enabled:
                 gc.enable()
+        if self.clock_offset:
+            await self._stamp_initial_values(server)
         t3 = time.perf_counter()
         await server.start()
         self.timings["start"] = time.perf_counter() - t3
@@ -158,6 +173,20 @@ class OpcUaController:
             nodes = await build_robotics(server, self.name, self.robots, state_machines=self.variant == "robotics")
             self._nodes, self._state_ids = nodes.signals, nodes.state_ids
         self.timings["address_space"] = time.perf_counter() - t1
+
+    async def _stamp_initial_values(self, server: Server) -> None:
+        """The robots' initial values (added with the nodes, stamped with this host's clock) get
+        SourceTimestamps from the controller's own clock, as every later write does."""
+        aspace = server.iserver.aspace
+        now = datetime.now(UTC)
+        nodes = [n for signals in self._nodes.values() for n in signals.values()]
+        nodes += [id_node for machines in self._state_ids.values() for id_node, _ in machines.values()]
+        for nodeid in nodes:
+            dv = aspace.read_attribute_value(nodeid, ua.AttributeIds.Value)
+            stamped = ua.DataValue(
+                dv.Value, StatusCode=dv.StatusCode, SourceTimestamp=cast(Any, now + self.clock_offset)
+            )
+            (await aspace.write_attribute_value(nodeid, ua.AttributeIds.Value, stamped)).check()
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -189,7 +218,9 @@ class OpcUaController:
             key = (value.Value if value is not None else None, status.value if status is not None else 0)
             if written.get(nodeid) == key:
                 continue
-            result = await aspace.write_attribute_value(nodeid, ua.AttributeIds.Value, _dv(value, ts, status))
+            result = await aspace.write_attribute_value(
+                nodeid, ua.AttributeIds.Value, _dv(value, ts, status, self.clock_offset)
+            )
             result.check()
             written[nodeid] = key
 
