@@ -91,6 +91,16 @@ def test_incremental_refreshes_equal_a_full_recompute_block_for_block(pg_url: st
             (later[0][3],),
         ).fetchone()
         assert shrunk is not None and shrunk[0] > 0 and shrunk[1] > 0  # outside the plan, and partly planned
+
+        # Late in the day (its daily block re-summed from 94 stored quarters), then over midnight,
+        # with a fault that starts before and ends after it.
+        evening, past_midnight = D0 + timedelta(days=1, hours=23, minutes=41), D0 + timedelta(days=2, minutes=10)
+        _append(conn, [("late", 3, robot, factory, evening - timedelta(minutes=21), "FAULT")])
+        assert refresh(conn, end=evening).rows >= 2 * len({r[2] for r in later})  # 23:30 and 23:40 of each robot
+        assert _tables(conn) == _recomputed(conn, evening)
+        _append(conn, [("late", 4, robot, factory, evening + timedelta(minutes=9), "IDLE")])
+        assert refresh(conn, end=past_midnight).marked == 1
+        assert _tables(conn) == _recomputed(conn, past_midnight)
     # The late fault changed the robot's day, so the comparison could fail.
     day0 = [r for r in got["robot_blocks_daily"] if r[0] == robot and r[1] == D0.date()]
     was = [r for r in before["robot_blocks_daily"] if r[0] == robot and r[1] == D0.date()]

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import psycopg
+from psycopg import sql
 
 from robodensity.app.metrics_job import (
     CELLS_PER_CHUNK,
@@ -31,6 +32,7 @@ from robodensity.app.metrics_job import (
     _at_us,
     _quiet,
     _us,
+    id_array,
     last_day,
     layout,
     local_midnight,
@@ -38,7 +40,7 @@ from robodensity.app.metrics_job import (
 )
 from robodensity.core import clock
 from robodensity.metrics.blocks import QUARTER_HOUR_S
-from robodensity.storage.binary_copy import CopyWriter, reader_beside
+from robodensity.storage.binary_copy import CopyWriter, copy_out_arrays, reader_beside
 
 _STEP_US = QUARTER_HOUR_S * 1_000_000
 
@@ -66,6 +68,10 @@ def refresh(
     end = end or clock.now()
     meter = Meter(progress)
     with reader_beside(conn) as reader, conn.transaction():
+        # Its queries are many index probes: compiling them (JIT) took longer than running them.
+        conn.execute("SET LOCAL jit = off")
+        if reader is not conn:
+            reader.execute("SET jit = off")
         conn.execute(
             "INSERT INTO metric_job_state (done_until) VALUES (%s) ON CONFLICT DO NOTHING",
             (start or local_midnight(end),),
@@ -80,7 +86,10 @@ def refresh(
             return Refreshed(None, end, 0, len(marks), 0, 0)
         marked = np.array([m[0] for m in marks], dtype=np.int64)
         lo = np.array([m[1] for m in marks], dtype=np.int64)
-        registered = np.array([r[0] for r in conn.execute("SELECT robot_id FROM robots ORDER BY 1")], dtype=np.int64)
+        _, (registered,), _ = copy_out_arrays(  # one row: an array of every id and a dummy 0 (no robots: NULL)
+            conn, sql.SQL("SELECT 0::int8, array_append(array_agg(robot_id), 0) FROM robots"), {}, ">i8", [">i8"]
+        )
+        registered = np.sort(registered[:-1].astype(np.int64))
         ids = np.union1d(registered, marked)
         since = np.full(len(ids), b0, dtype=np.int64)  # first bucket to recompute, per robot
         at = np.searchsorted(ids, marked)
@@ -93,17 +102,17 @@ def refresh(
                 first = int(np.searchsorted(lay.edges, w))
                 writer.wait()
                 conn.execute(
-                    "DELETE FROM robot_blocks_15m WHERE robot_id = ANY(%s) AND bucket >= %s",
-                    (group.tolist(), _at_us(w)),
+                    "DELETE FROM robot_blocks_15m WHERE robot_id = ANY(%s::bigint[]) AND bucket >= %s",
+                    (id_array(group), _at_us(w)),
                 )
                 conn.execute(
-                    "DELETE FROM robot_blocks_daily WHERE robot_id = ANY(%s) AND day >= %s",
-                    (group.tolist(), lay.day[0]),
+                    "DELETE FROM robot_blocks_daily WHERE robot_id = ANY(%s::bigint[]) AND day >= %s",
+                    (id_array(group), lay.day[0]),
                 )
                 per_chunk = max(1, CELLS_PER_CHUNK // (len(lay.edges) - 1))
                 for i in range(0, len(group), per_chunk):
                     sub = group[i : i + per_chunk]
-                    meter.add(store_chunk(reader, writer, sub, lay, first, _at_us(w), end, factory_ids))
+                    meter.add(store_chunk(reader, writer, sub, lay, first, _at_us(w), end, factory_ids, True))
                     meter("refreshing blocks", 0.0)
         days = (_at_us(int(since.min())).astimezone(LOCAL_TZ).date(), last_day(end) + timedelta(days=1))
         conn.execute("SELECT refresh_region_daily(%s, %s)", days)  # region x day aggregates (migration 050)

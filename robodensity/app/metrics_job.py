@@ -130,7 +130,7 @@ def load_fleet(conn: psycopg.Connection, at: date) -> Fleet:
 _STATE_CODE = sql.SQL("CASE state {} END::int2").format(
     sql.SQL(" ").join(sql.SQL("WHEN {} THEN {}").format(s.value, i) for i, s in enumerate(STATES))
 )
-_EVENTS_SQL = sql.SQL("""
+_EVENTS_SEED = """
 WITH seed AS (   -- each robot's state at the window's start
   SELECT i.robot_id, e.ts, e.state, e.seq FROM unnest(%(ids)s::bigint[]) AS i(robot_id)
   CROSS JOIN LATERAL (
@@ -138,8 +138,7 @@ WITH seed AS (   -- each robot's state at the window's start
     ORDER BY e.ts DESC, e.seq DESC LIMIT 1
   ) e
 ), ev AS (
-  SELECT robot_id, ts, state, seq FROM events
-  WHERE type = 'state' AND robot_id = ANY(%(ids)s::bigint[]) AND ts >= %(s)s AND ts < %(e)s
+  {}
   UNION ALL
   SELECT robot_id, ts, state, seq FROM seed
   UNION ALL   -- a fault under way at the start: its first event, so its repair has its whole duration
@@ -153,17 +152,51 @@ WITH seed AS (   -- each robot's state at the window's start
   ) f
   WHERE s.state = 'FAULT'
 )
-SELECT robot_id, array_agg(ts ORDER BY ts, seq), array_agg({} ORDER BY ts, seq) FROM ev GROUP BY 1 ORDER BY 1
-""").format(_STATE_CODE)
+"""
+_EVENTS_SQL = sql.SQL(
+    _EVENTS_SEED.format(
+        "SELECT robot_id, ts, state, seq FROM events\n"
+        "  WHERE type = 'state' AND robot_id = ANY(%(ids)s::bigint[]) AND ts >= %(s)s AND ts < %(e)s"
+    )
+    + "SELECT robot_id, array_agg(ts ORDER BY ts, seq), array_agg({} ORDER BY ts, seq) FROM ev GROUP BY 1 ORDER BY 1"
+).format(_STATE_CODE)
+# A short window (the incremental refresh): the window's events by one index probe per robot
+# (OFFSET 0 keeps the probe; a robot_id = ANY(...) filter over many robots becomes a scan of
+# every event), and all of it in one row of arrays: psycopg reads a COPY row by row.
+_SHORT_EVENTS_SQL = sql.SQL(
+    _EVENTS_SEED.format(
+        "SELECT i.robot_id, e.ts, e.state, e.seq FROM unnest(%(ids)s::bigint[]) AS i(robot_id)\n"
+        "  CROSS JOIN LATERAL (SELECT ts, state, seq FROM events e WHERE e.robot_id = i.robot_id\n"
+        "    AND e.type = 'state' AND e.ts >= %(s)s AND e.ts < %(e)s OFFSET 0) e"
+    )
+    + "SELECT 0::int8, array_append(array_agg(robot_id ORDER BY robot_id, ts, seq), 0),"
+    " array_append(array_agg(ts ORDER BY robot_id, ts, seq), 'epoch'),"
+    " array_append(array_agg({} ORDER BY robot_id, ts, seq), 0::int2) FROM ev"
+).format(_STATE_CODE)
+"""Arrays end with a dummy element: an empty one would be NULL (array_agg of no rows)."""
 
 
-def load_state_events(conn: psycopg.Connection, ids: np.ndarray, start: datetime, end: datetime) -> StateEvents:
+def id_array(ids: np.ndarray) -> str:
+    """``ids`` as a PostgreSQL array literal (``%s::bigint[]``): far faster than adapting a list."""
+    return "{" + ",".join(map(str, ids.tolist())) + "}"
+
+
+def load_state_events(
+    conn: psycopg.Connection, ids: np.ndarray, start: datetime, end: datetime, short: bool = False
+) -> StateEvents:
     """State events of robots ``ids`` in [start, end), each robot's last one before start and,
     when that is a FAULT, the first event of its run; sorted by robot, time, seq. One binary
-    COPY of one row per robot (its events as arrays) into numpy: no Python object per event."""
-    robots, (ts, state), counts = copy_out_arrays(
-        conn, _EVENTS_SQL, {"ids": ids.tolist(), "s": start, "e": end}, ">i8", [">i8", ">i2"]
-    )
+    COPY of one row per robot (its events as arrays) into numpy: no Python object per event.
+
+    ``short``: a window of a few events per robot (the incremental refresh): one index probe per
+    robot for the window and every event in one row of arrays; the same events."""
+    params = {"ids": id_array(ids), "s": start, "e": end}
+    if short:
+        _, (robot, ts, state), _ = copy_out_arrays(conn, _SHORT_EVENTS_SQL, params, ">i8", [">i8", ">i8", ">i2"])
+        return StateEvents(  # without the dummy last element
+            robot[:-1].astype(np.int64), ts[:-1].astype(np.int64) + PG_EPOCH_US, state[:-1].astype(np.int8)
+        )
+    robots, (ts, state), counts = copy_out_arrays(conn, _EVENTS_SQL, params, ">i8", [">i8", ">i2"])
     return StateEvents(
         np.repeat(robots.astype(np.int64), counts), ts.astype(np.int64) + PG_EPOCH_US, state.astype(np.int8)
     )
@@ -213,16 +246,23 @@ def layout(start: datetime, end: datetime) -> Layout:
 
 def factories_by_day(conn: psycopg.Connection, ids: np.ndarray, factory_ids: list[str], days: list[date]) -> np.ndarray:
     """Factory of each robot on each day, an index into ``factory_ids`` (-1: none): the
-    registry assignment in effect then (metrics.state_time.group_at)."""
-    rows = conn.execute(
-        "SELECT robot_id, valid_from, factory_id FROM assignments WHERE robot_id = ANY(%s) ORDER BY 1, 2",
-        (ids.tolist(),),
-    ).fetchall()
-    index = {f: i for i, f in enumerate(factory_ids)}
+    registry assignment in effect then (metrics.state_time.group_at). One binary COPY, the
+    factory as its index (looked up in PostgreSQL): no Python object per assignment."""
+    rows = copy_out(
+        conn,
+        sql.SQL(
+            "SELECT a.robot_id, (a.valid_from - date '2000-01-01')::int4, (coalesce(f.i, 0) - 1)::int4 "
+            "FROM assignments a LEFT JOIN unnest(%(f)s::text[]) WITH ORDINALITY AS f(factory_id, i) "
+            "ON f.factory_id = a.factory_id WHERE a.robot_id = ANY(%(ids)s::bigint[]) ORDER BY 1, 2"
+        ),
+        {"ids": id_array(ids), "f": factory_ids},
+        [("robot_id", ">i8"), ("valid_from", ">i4"), ("factory", ">i4")],
+    )
+    robot, valid_from, factory = rows["robot_id"], rows["valid_from"], rows["factory"]
     return group_at(
-        np.searchsorted(ids, np.array([r[0] for r in rows], dtype=np.int64)),
-        np.array([r[1].toordinal() for r in rows], dtype=np.int64),
-        np.array([index.get(r[2], -1) for r in rows], dtype=np.int64),
+        np.searchsorted(ids, robot.astype(np.int64)),
+        valid_from.astype(np.int64) + date(2000, 1, 1).toordinal(),
+        factory.astype(np.int64),
         len(ids),
         np.array([d.toordinal() for d in days], dtype=np.int64),
     )
@@ -231,18 +271,33 @@ def factories_by_day(conn: psycopg.Connection, ids: np.ndarray, factory_ids: lis
 _BLOCK_TYPES = tuple(">i4" if c in ("failures", "repairs") else ">f8" for c in COLUMNS)
 
 
+_READ_BACK_ROBOTS = 2048
+"""Robots whose stored 15-minute blocks come back in one row of arrays (about 30 MB for a day)."""
+
+
 def stored_quarters(conn: psycopg.Connection, ids: np.ndarray, edges: np.ndarray) -> Blocks:
-    """The stored 15-minute blocks of robots ``ids`` (sorted) in the buckets of ``edges``; zeros where none."""
+    """The stored 15-minute blocks of robots ``ids`` (sorted) in the buckets of ``edges``; zeros where none.
+
+    One index probe per robot, and per :data:`_READ_BACK_ROBOTS` robots one binary COPY row of
+    one array per column (a dummy element last: array_agg of no rows is NULL); psycopg reads a
+    COPY row by row, so a row per block would cost more than all the rest of a refresh."""
+    dummy = {">i4": "0", ">f8": "0::float8"}
     query = sql.SQL(
-        "SELECT robot_id, bucket, {} FROM robot_blocks_15m "
-        "WHERE robot_id = ANY(%(ids)s::bigint[]) AND bucket >= %(s)s AND bucket < %(e)s"
-    ).format(sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))
-    rows = copy_out(
-        conn,
-        query,
-        {"ids": ids.tolist(), "s": _at_us(edges[0]), "e": _at_us(edges[-1])},
-        [("robot_id", ">i8"), ("bucket", ">i8"), *zip(COLUMNS, _BLOCK_TYPES, strict=True)],
+        "SELECT 0::int8, array_append(array_agg(b.robot_id), 0), array_append(array_agg(b.bucket), 'epoch'), {} "
+        "FROM unnest(%(ids)s::bigint[]) AS u(robot_id) CROSS JOIN LATERAL (SELECT * FROM robot_blocks_15m b "
+        "WHERE b.robot_id = u.robot_id AND b.bucket >= %(s)s AND b.bucket < %(e)s OFFSET 0) b"
+    ).format(
+        sql.SQL(", ").join(
+            sql.SQL("array_append(array_agg(b.{}), {})").format(sql.Identifier(c), sql.SQL(dummy[t]))
+            for c, t in zip(COLUMNS, _BLOCK_TYPES, strict=True)
+        )
     )
+    parts = []
+    for i in range(0, max(len(ids), 1), _READ_BACK_ROBOTS):  # no robots: one query, its dummy row
+        params = {"ids": id_array(ids[i : i + _READ_BACK_ROBOTS]), "s": _at_us(edges[0]), "e": _at_us(edges[-1])}
+        parts.append(copy_out_arrays(conn, query, params, ">i8", [">i8", ">i8", *_BLOCK_TYPES])[1])
+    names = ["robot_id", "bucket", *COLUMNS]
+    rows = {n: np.concatenate([p[j][:-1] for p in parts]) for j, n in enumerate(names)}
     r = np.searchsorted(ids, rows["robot_id"].astype(np.int64))
     b = np.searchsorted(edges, rows["bucket"].astype(np.int64) + PG_EPOCH_US, side="right") - 1
     cols = np.zeros((len(ids), len(edges) - 1, len(COLUMNS)))
@@ -348,6 +403,7 @@ def store_chunk(
     load_from: datetime,
     end: datetime,
     factory_ids: list[str],
+    short: bool = False,
 ) -> Chunk:
     """Compute the blocks of robots ``ids`` (sorted) from 15-minute bucket ``first`` of ``lay``
     on, and their daily blocks of every day of ``lay``, and hand them to ``writer``.
@@ -355,9 +411,10 @@ def store_chunk(
     The 15-minute blocks before bucket ``first`` are read back from the table, so each day's
     block is the sum of all its 15-minute blocks exactly as when the whole day is computed.
     Events are loaded from ``load_from`` (at or before ``lay.edges[first]``) with ``reader``.
-    The writer's transaction has deleted the rows these replace.
+    The writer's transaction has deleted the rows these replace. ``short``: a window of a few
+    events per robot (:func:`load_state_events`).
     """
-    ev = load_state_events(reader, ids, load_from, end)
+    ev = load_state_events(reader, ids, load_from, end, short)
     ridx = np.searchsorted(ids, ev.robot_id)
     factory = factories_by_day(reader, ids, factory_ids, lay.day)
     fresh = robot_blocks(ridx, ev.ts_us, ev.state, len(ids), lay.edges[first:])

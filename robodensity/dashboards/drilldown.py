@@ -53,21 +53,21 @@ INDUSTRIES = f"""\
     ORDER BY d.robot_density DESC NULLS LAST, d.industry_code"""
 
 FACTORIES = f"""\
-    WITH {p.SELECTED_PERIOD.strip()},
-    u AS (
-      SELECT fd.factory_id, sum(fd.planned_executing_s) / NULLIF(sum(fd.planned_s), 0) AS utilisation,
-             max(fd.reporting) AS reporting_robots
-      FROM v_factory_daily fd, p
-      WHERE fd.day >= (p.period_start AT TIME ZONE '{p.TIMEZONE}')::date
-        AND fd.day < (p.period_end AT TIME ZONE '{p.TIMEZONE}')::date
-      GROUP BY fd.factory_id
-    )
+    WITH {p.SELECTED_PERIOD.strip()}
     SELECT ff.factory_id, ff.name, ff.region_code, ff.industry_code, ff.robot_count, ff.employee_count,
-           ff.robot_density, u.reporting_robots, u.utilisation, fp.plan
+           ff.robot_density, u.reporting_robots, u.utilisation,
+           (SELECT fp.plan FROM v_factory_plan fp WHERE fp.factory_id = ff.factory_id) AS plan
     FROM v_factory_fleet ff
     JOIN v_factory_region fr ON fr.factory_id = ff.factory_id AND fr.region_code = '$region'
-    JOIN v_factory_plan fp ON fp.factory_id = ff.factory_id
-    LEFT JOIN u ON u.factory_id = ff.factory_id
+    CROSS JOIN p
+    LEFT JOIN LATERAL (
+      SELECT sum(fd.planned_executing_s) / NULLIF(sum(fd.planned_s), 0) AS utilisation,
+             max(fd.reporting) AS reporting_robots
+      FROM v_factory_daily fd
+      WHERE fd.factory_id = ff.factory_id
+        AND fd.day >= (p.period_start AT TIME ZONE '{p.TIMEZONE}')::date
+        AND fd.day < (p.period_end AT TIME ZONE '{p.TIMEZONE}')::date
+    ) u ON true
     WHERE '$industry' IN ('*', ff.industry_code)
     ORDER BY ff.robot_density DESC NULLS LAST, ff.factory_id"""
 """Robots and headcount as registered today; over ``$period``, from the factory x day sums of the
