@@ -38,6 +38,7 @@ import time
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 from bench.bench_dashboards import spec_for
 from robodensity.app.embedded import embedded_postgres
@@ -224,13 +225,15 @@ def main(argv: list[str] | None = None) -> None:
                     f"(d) PostgreSQL stores 15-minute blocks at {rate_in:,.0f} rows/s here: the job's {rows:,} take "
                     f"{rows / rate_in:.0f} s of (b) at least"
                 )
-                (late_s, late_events, late_rows), late_rss = in_process("_late", url, schema, END)  # type: ignore[misc]
+                late, late_rss = in_process("_late", url, schema, END)
+                late_s, late_events, late_rows = cast(tuple[float, int, int], late)
                 print(
                     f"(c) late in the day (23:45-24:00, each day re-summed from 95 stored 15-minute blocks), "
                     f"{args.robots:,} robots: {late_s:.2f} s ({late_events:,} events, {late_rows:,} 15-minute "
                     f"blocks), peak RSS {late_rss:,.0f} MB"
                 )
-            (inc_s, inc_events, inc_rows), inc_rss = in_process("_incremental", url, schema, END)  # type: ignore[misc]
+            inc, inc_rss = in_process("_incremental", url, schema, END)
+            inc_s, inc_events, inc_rows = cast(tuple[float, int, int], inc)
             print(
                 f"(c) incremental 15 minutes after midnight, {args.robots:,} robots: {inc_s:.2f} s "
                 f"({inc_events:,} events, {inc_rows:,} 15-minute blocks), peak RSS {inc_rss:,.0f} MB"
