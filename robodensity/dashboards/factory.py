@@ -100,17 +100,20 @@ STATE_TIMELINE = f"""\
       ) c
       WHERE c.before IS DISTINCT FROM c.state
     ),
-{LABELS}
+{LABELS},
+    names AS (SELECT jsonb_object_agg(r.robot_id::text, {ROBOT_LABEL}) AS of FROM labels r)
     SELECT pt."time",
-           coalesce({ROBOT_LABEL}, (SELECT i.manufacturer || ' ' || i.serial FROM v_robot_identity i
-                                   WHERE i.robot_id = pt.robot_id)) AS robot,
+           coalesce(n.of ->> pt.robot_id::text, (SELECT i.manufacturer || ' ' || i.serial FROM v_robot_identity i
+                                                 WHERE i.robot_id = pt.robot_id)) AS robot,
            pt.state
-    FROM points pt LEFT JOIN labels r USING (robot_id)
+    FROM points pt CROSS JOIN names n
     ORDER BY pt."time", pt.robot_id"""
-"""Up to ``EXACT_TIMELINE``: every interval (its start, or the range's start for the one under
-way then). Longer: per robot and local day, the state it spent most time in (ties: the order
-of STATE_COLOURS), at the day's start, where it differs from the day before (a state timeline
-draws a state until the next point, so repeating it draws nothing new)."""
+"""Labels come from one row (``names``, robot -> label), looked up per point: no join whose plan
+depends on how many points the planner expects. Up to ``EXACT_TIMELINE``: every interval (its
+start, or the range's start for the one under way then). Longer: per robot and local day, the
+state it spent most time in (ties: the order of STATE_COLOURS), at the day's start, where it
+differs from the day before (a state timeline draws a state until the next point, so repeating
+it draws nothing new)."""
 
 UTILISATION_HEATMAP = f"""\
     WITH {LABELS.strip()}
