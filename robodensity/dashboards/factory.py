@@ -70,9 +70,8 @@ _REPORTING_NOW = f"""\
 
 STATE_TIMELINE = f"""\
     WITH robots AS (
-      SELECT DISTINCT robot_id FROM v_state_spans
-      WHERE factory_id = '$factory' AND start_ts BETWEEN $__timeFrom() AND $__timeTo()
-        AND {_TO} - {_FROM} <= interval '{EXACT_TIMELINE}'
+      SELECT robot_id FROM v_factory_robots
+      WHERE factory_id = '$factory' AND {_TO} - {_FROM} <= interval '{EXACT_TIMELINE}'
       UNION
       {_REPORTING_NOW.strip()} AND {_TO} - {_FROM} <= interval '{EXACT_TIMELINE}'
     ),
@@ -110,10 +109,11 @@ STATE_TIMELINE = f"""\
     ORDER BY pt."time", pt.robot_id"""
 """Labels come from one row (``names``, robot -> label), looked up per point: no join whose plan
 depends on how many points the planner expects. Up to ``EXACT_TIMELINE``: every interval (its
-start, or the range's start for the one under way then). Longer: per robot and local day, the
-state it spent most time in (ties: the order of STATE_COLOURS), at the day's start, where it
-differs from the day before (a state timeline draws a state until the next point, so repeating
-it draws nothing new)."""
+start, or the range's start for the one under way then, for the robots ever assigned to the
+factory and those reporting from it now: no pass over the range's intervals to find them).
+Longer: per robot and local day, the state it spent most time in (ties: the order of
+STATE_COLOURS), at the day's start, where it differs from the day before (a state timeline draws
+a state until the next point, so repeating it draws nothing new)."""
 
 UTILISATION_HEATMAP = f"""\
     WITH {LABELS.strip()}
