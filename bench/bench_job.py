@@ -192,6 +192,15 @@ def in_process(target: str, *args: object) -> tuple[object, float]:
     return result, rss
 
 
+def refresh_figures(what: str, robots: int, result: object, rss_mb: float) -> None:
+    """Print a (c) run: ``result`` is the (seconds, events, 15-minute blocks) of its process."""
+    seconds, events, rows = cast(tuple[float, int, int], result)
+    print(
+        f"(c) {what}, {robots:,} robots: {seconds:.2f} s ({events:,} events, {rows:,} 15-minute blocks), "
+        f"peak RSS {rss_mb:,.0f} MB"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--robots", type=int, default=20_000)
@@ -225,18 +234,13 @@ def main(argv: list[str] | None = None) -> None:
                     f"(d) PostgreSQL stores 15-minute blocks at {rate_in:,.0f} rows/s here: the job's {rows:,} take "
                     f"{rows / rate_in:.0f} s of (b) at least"
                 )
-                late, late_rss = in_process("_late", url, schema, END)
-                late_s, late_events, late_rows = cast(tuple[float, int, int], late)
-                print(
-                    f"(c) late in the day (23:45-24:00, each day re-summed from 95 stored 15-minute blocks), "
-                    f"{args.robots:,} robots: {late_s:.2f} s ({late_events:,} events, {late_rows:,} 15-minute "
-                    f"blocks), peak RSS {late_rss:,.0f} MB"
+                refresh_figures(
+                    "late in the day (23:45-24:00, each day re-summed from 95 stored 15-minute blocks)",
+                    args.robots,
+                    *in_process("_late", url, schema, END),
                 )
-            inc, inc_rss = in_process("_incremental", url, schema, END)
-            inc_s, inc_events, inc_rows = cast(tuple[float, int, int], inc)
-            print(
-                f"(c) incremental 15 minutes after midnight, {args.robots:,} robots: {inc_s:.2f} s "
-                f"({inc_events:,} events, {inc_rows:,} 15-minute blocks), peak RSS {inc_rss:,.0f} MB"
+            refresh_figures(
+                "incremental 15 minutes after midnight", args.robots, *in_process("_incremental", url, schema, END)
             )
         finally:
             drop_schema(url, schema)

@@ -351,9 +351,7 @@ def pack_blocks(
     fac = factory[robot, bucket]
     order = np.argsort(fac, kind="stable")
     robot, bucket, fac = robot[order], bucket[order], fac[order]
-    cols = [blocks.seconds[robot, bucket, j] for j in range(N_STATES)]
-    cols += [blocks.planned_s[robot, bucket], blocks.planned_executing_s[robot, bucket]]
-    cols += [blocks.failures[robot, bucket], blocks.repairs[robot, bucket], blocks.repair_s[robot, bucket]]
+    cols = [f[robot, bucket] for f in blocks.fields()]  # each column at the stored cells, in COLUMNS order
     key_type = ">i8" if key == "bucket" else ">i4"
     cuts = np.flatnonzero(np.diff(fac)) + 1
     parts = []

@@ -46,7 +46,7 @@ QUARTER_HOUR_S = 900
 STATE_COLUMNS: tuple[str, ...] = tuple(f"{s.value.lower()}_s" for s in STATES)
 """``executing_s`` ... ``offline_s``, in the order of :data:`metrics.states.STATES`."""
 COLUMNS: tuple[str, ...] = (*STATE_COLUMNS, "planned_s", "planned_executing_s", "failures", "repairs", "repair_s")
-"""Every block column, in the order of :meth:`Blocks.columns`; the tables have the same names
+"""Every block column, in the order of :meth:`Blocks.fields`; the tables have the same names
 (``planned_executing_s`` last there: migration 080 added it), and the job names them in its COPYs."""
 
 
@@ -67,19 +67,20 @@ class Blocks:
         """Covered time [s], shape (n_robots, n_buckets): the sum of the states."""
         return self.seconds.sum(axis=-1)
 
+    def fields(self) -> list[np.ndarray]:
+        """Each column, shape (n_robots, n_buckets), in the order of :data:`COLUMNS` (views, native dtypes)."""
+        return [
+            *np.moveaxis(self.seconds, -1, 0),
+            self.planned_s,
+            self.planned_executing_s,
+            self.failures,
+            self.repairs,
+            self.repair_s,
+        ]
+
     def columns(self) -> np.ndarray:
         """All columns stacked on a last axis, shape (n_robots, n_buckets, len(COLUMNS))."""
-        return np.concatenate(
-            [
-                self.seconds,
-                self.planned_s[..., None],
-                self.planned_executing_s[..., None],
-                self.failures[..., None].astype(np.float64),
-                self.repairs[..., None].astype(np.float64),
-                self.repair_s[..., None],
-            ],
-            axis=-1,
-        )
+        return np.stack([f.astype(np.float64) for f in self.fields()], axis=-1)
 
     def merge(self, starts: np.ndarray) -> Blocks:
         """Blocks of coarser buckets: bucket ``starts[i]`` up to ``starts[i+1]`` become one.
