@@ -582,7 +582,12 @@ def test_two_collectors_writing_one_robot_build_the_same_intervals_as_a_full_reb
         ):
             for i in range(0, len(events), 20):
                 publisher.publish(_msg(sorted(events[i : i + 20], key=lambda e: e.seq)).payload)
-            wait_until(lambda: len(publisher.acked) == len(events), 30, "acks for every event")
+            # a collector acks before it counts the commit in its stats (Collector._acknowledge)
+            wait_until(
+                lambda: len(publisher.acked) == len(events) and c1.stats.inserted + c2.stats.inserted == len(events),
+                30,
+                "acks for every event, counted",
+            )
             assert c1.stats.inserted > 0 and c2.stats.inserted > 0
             # Built by the running stages, not only by the final pass when the collectors stop. A stage
             # leaves a mark committed while it ran for the next stage (012), even when the intervals it

@@ -246,8 +246,9 @@ async def test_the_collector_killed_between_commit_and_ack(
     async def fault(agent: EdgeAgent, source: PacedSource) -> None:
         start()
         for _ in range(3):
+            acked = agent.stats.acked_events  # what the collectors killed before acknowledged
             await until_stored(agent, agent.stats.stored + 500)
-            await wait_until_async(lambda: agent.stats.acked_events > 0, 30, "acks from the collector")
+            await wait_until_async(lambda a=acked: agent.stats.acked_events > a, 30, "acks from the new collector")
             procs[-1].send_signal(signal.SIGKILL)  # wherever it is: between COPY, commit and ack
             procs[-1].wait()
             start()

@@ -129,6 +129,7 @@ class Collector:
         self.client = make_client(settings.broker, broker_url, client_id, manual_ack=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
 
     # -- paho thread ---------------------------------------------------------------
@@ -138,10 +139,17 @@ class Collector:
             return
         self._session += 1
         self.stats.broker_connects += 1
-        topic = self._topic()
-        client.subscribe(topic, qos=1)
+        client.subscribe(self._topic(), qos=1)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: object, _mid: int, reasons: list[object], _p: object) -> None:
+        """``subscribed`` once the broker has granted the subscription (its SUBACK), not when it is sent:
+        a message published in between would find nobody subscribed."""
+        refused = [r for r in reasons if getattr(r, "is_failure", False)]
+        if refused:
+            log.error("broker refused the collector's subscription to %s: %s", self._topic(), refused[0])
+            return
         self.subscribed.set()
-        log.info("collector subscribed to %s", topic)
+        log.info("collector subscribed to %s", self._topic())
 
     def _topic(self) -> str:
         return f"$share/{self.cfg.share_group}/{wire.TOPIC_ROOT}/+/+/up"
