@@ -40,6 +40,8 @@ from typing import TypeVar
 
 import paho.mqtt.client as mqtt
 import psycopg
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from robodensity.collector.lanes import FairQueue
 from robodensity.collector.validate import Incoming, Rejected
@@ -141,10 +143,10 @@ class Collector:
         self.stats.broker_connects += 1
         client.subscribe(self._topic(), qos=1)
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: object, _mid: int, reasons: list[object], _p: object) -> None:
+    def _on_subscribe(self, _c: mqtt.Client, _u: object, _mid: int, reasons: list[ReasonCode], _p: Properties) -> None:
         """``subscribed`` once the broker has granted the subscription (its SUBACK), not when it is sent:
         a message published in between would find nobody subscribed."""
-        refused = [r for r in reasons if getattr(r, "is_failure", False)]
+        refused = [r for r in reasons if r.is_failure]
         if refused:
             log.error("broker refused the collector's subscription to %s: %s", self._topic(), refused[0])
             return
