@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from robodensity.core import wire
+from robodensity.core import clock, wire
 from robodensity.core.errors import SourceError
 from robodensity.core.settings import Settings, load_settings
 from robodensity.edge.agent import EdgeAgent
@@ -94,3 +94,35 @@ async def test_a_source_with_settings_that_cannot_work_stops_alone(broker_url: s
     stop.set()
     async with asyncio.timeout(30):
         await run
+
+
+class DeafSource(IdleSource):
+    """Polls every 10 ms and loses the first cancel it gets, as a library's ``asyncio.wait_for`` does on
+    Python 3.11 when the reply it waits for arrives in the same loop pass as the cancel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost_cancels = 0
+
+    async def __anext__(self) -> wire.Reading:
+        try:
+            await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            if self.lost_cancels:
+                raise
+            self.lost_cancels += 1
+        return wire.Reading(wire.RobotId("KUKA", "S1"), clock.now(), wire.EventType.STATE, state=wire.State.IDLE)
+
+
+async def test_the_agent_stops_even_when_a_source_loses_its_cancel(broker_url: str, tmp_path: Path) -> None:
+    source = DeafSource()
+    agent = EdgeAgent(settings(tmp_path), broker_url, sources=[source])
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(stop))
+    async with asyncio.timeout(30):
+        while not agent.stats.readings:
+            await asyncio.sleep(0.01)
+    stop.set()
+    async with asyncio.timeout(30):
+        await run
+    assert source.lost_cancels == 1 and source.exited.is_set()

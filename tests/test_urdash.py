@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from robodensity.core.settings_native import UrDashSourceSettings
 from robodensity.core.wire import State
 from robodensity.edge.sources.polled import identify
-from robodensity.edge.sources.urdash import UrDashSource, state_of
+from robodensity.edge.sources.urdash import DashboardClient, UrDashSource, state_of
 from robodensity.simulators.urdash_robot import UrDashRobot
 from tests.faultproxy import FaultProxy
 from tests.native_rig import Services, assert_matches_truth, is_state, plan, run_shift, until, with_outage
@@ -109,3 +110,18 @@ async def test_a_shift_through_the_ur_dashboard_reaches_the_database_within_a_po
             await sim.power_off()
     assert measured[keys[1]][State.OFFLINE] > 15 * 60
     assert_matches_truth(measured, shift, schedules)
+
+
+async def test_a_stop_arriving_with_a_reply_is_not_lost() -> None:
+    """The agent stops its readers by cancelling them. A cancel that lands in the loop pass in which a
+    reply arrives must still end the reader (Python 3.11's wait_for returned the reply instead, and a
+    reader polling every 10 ms kept the agent from ever stopping)."""
+    client = DashboardClient("127.0.0.1", 0, timeout_s=5.0)
+    reader = asyncio.StreamReader()
+    client._reader = reader
+    task = asyncio.ensure_future(client._line(5.0, "'robotmode'"))
+    await asyncio.sleep(0)  # the task waits for the line
+    reader.feed_data(b"Robotmode: RUNNING\n")  # the reply, and the stop, in one pass of the loop
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

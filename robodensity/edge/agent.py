@@ -117,6 +117,8 @@ class EdgeAgent:
         self._queue: asyncio.Queue[tuple[int, wire.Reading]] = asyncio.Queue(10_000)
         self._lock = asyncio.Lock()  # one outbox operation at a time
         self._acked = asyncio.Event()
+        self._stopping = False
+        """Set when ``run`` stops its tasks: a reader ends at its next reading even if its cancel was lost."""
         # At most one ack per published batch, and the sender stops at max_inflight_batches.
         self._acks: asyncio.Queue[wire.Ack] = asyncio.Queue()
         self._inflight: dict[int, tuple[float, set[int]]] = {}  # first seq -> (sent, unacked seqs)
@@ -141,6 +143,7 @@ class EdgeAgent:
                 tasks.append(tg.create_task(self._apply_acks(), name="acks"))
                 tasks.append(tg.create_task(self._keep_clocks(), name="clock estimates"))
                 await stop.wait()
+                self._stopping = True
                 for t in tasks:
                     t.cancel()
         except BaseExceptionGroup as group:
@@ -197,11 +200,13 @@ class EdgeAgent:
     # -- readers and store ---------------------------------------------------------
     async def _read(self, index: int, source: Source) -> None:
         backoff = 1.0
-        while True:
+        while not self._stopping:
             try:
                 async with source:
                     backoff = 1.0
                     async for reading in source:
+                        if self._stopping:  # a cancel lost in a library's wait_for (Python 3.11) ends here
+                            return
                         self.stats.readings += 1
                         await self._queue.put((index, self.clock_truth.observe(reading, clock.now())))
             except SourceError as exc:
@@ -278,7 +283,8 @@ class EdgeAgent:
     async def _wait_ack(self, timeout: float) -> None:
         self._acked.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._acked.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._acked.wait()
 
     def _expire_inflight(self) -> None:
         cutoff = time.monotonic() - self.cfg.ack_timeout_s

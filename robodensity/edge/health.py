@@ -50,9 +50,10 @@ async def serve(port: int, source: HealthSource) -> asyncio.Server:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass
+            async with asyncio.timeout(5):
+                request = await reader.readline()
+                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass
             if request.split(b" ")[1:2] == [b"/metrics"]:
                 body, status = render(await source()).encode(), b"200 OK"
             else:

@@ -144,7 +144,8 @@ class RwsController(SwitchedDevice):
             await asyncio.to_thread(http.shutdown)
         if ws is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.wait_closed(), 2)
+                async with asyncio.timeout(2):
+                    await ws.wait_closed()
 
     def set_state(self, state: State) -> None:
         """Change state and push the events to every subscription (call on the event loop)."""

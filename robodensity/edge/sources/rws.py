@@ -299,7 +299,8 @@ class RwsSource(PolledSource):
             await super()._pause()
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._pushed.wait(), self.settings.refresh_s)
+            async with asyncio.timeout(self.settings.refresh_s):
+                await self._pushed.wait()
         self._pushed.clear()
 
     async def _disconnect(self) -> None:
@@ -309,12 +310,12 @@ class RwsSource(PolledSource):
         task, self._ws_task = self._ws_task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            await asyncio.wait([task])  # its end, whatever it raised; a cancel of ours still propagates
         ws, self._ws = self._ws, None
         if ws is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await ws.close()
         group, self._group = self._group, None
         if group is not None and self._http is not None:
             with contextlib.suppress(Exception):

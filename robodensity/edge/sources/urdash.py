@@ -94,9 +94,8 @@ class DashboardClient:
     async def open(self, banner_timeout_s: float) -> str:
         """Connect and return the welcome line; SourceError when there is none."""
         try:
-            self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, limit=MAX_LINE), self.timeout_s
-            )
+            async with asyncio.timeout(self.timeout_s):
+                self._reader, self._writer = await asyncio.open_connection(self.host, self.port, limit=MAX_LINE)
         except (OSError, TimeoutError) as exc:
             raise SourceError(f"cannot connect: {getattr(exc, 'strerror', None) or type(exc).__name__}") from None
         banner = await self._line(banner_timeout_s, "the welcome line")
@@ -117,7 +116,8 @@ class DashboardClient:
     async def _line(self, timeout_s: float, what: str) -> str:
         assert self._reader is not None
         try:
-            raw = await asyncio.wait_for(self._reader.readuntil(b"\n"), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                raw = await self._reader.readuntil(b"\n")
         except TimeoutError:
             raise SourceError(f"no reply to {what} in {timeout_s:g} s") from None
         except asyncio.IncompleteReadError:
@@ -133,7 +133,8 @@ class DashboardClient:
         if writer is not None:
             writer.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
 
 
 class UrDashSource(PolledSource):

@@ -165,7 +165,8 @@ class ModbusSource:
         self._client.close()
         self._client = self._new_client()
         try:
-            ok = await asyncio.wait_for(self._client.connect(), self.settings.timeout_s + 1)
+            async with asyncio.timeout(self.settings.timeout_s + 1):
+                ok = await self._client.connect()
         except (TimeoutError, OSError, ModbusException) as exc:
             return str(exc) or type(exc).__name__
         return None if ok else "refused or unreachable"

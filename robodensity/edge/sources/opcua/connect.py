@@ -109,4 +109,5 @@ def _refusal(settings: OpcUaSourceSettings, exc: Exception) -> str | None:
 async def disconnect(client: Client) -> None:
     """Close the session; a dead server makes close_session fail after its timeout, which is fine."""
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(client.disconnect(), timeout=5.0)
+        async with asyncio.timeout(5.0):
+            await client.disconnect()
