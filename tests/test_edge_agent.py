@@ -97,21 +97,26 @@ async def test_a_source_with_settings_that_cannot_work_stops_alone(broker_url: s
 
 
 class DeafSource(IdleSource):
-    """Polls every 10 ms and loses the first cancel it gets, as a library's ``asyncio.wait_for`` does on
-    Python 3.11 when the reply it waits for arrives in the same loop pass as the cancel."""
+    """A polled source over steady robots: one reading, then nothing while the values stay the same.
+    It loses the first cancel it gets, as a library's ``asyncio.wait_for`` does on Python 3.11 when
+    the reply it waits for arrives in the loop pass of the cancel."""
 
     def __init__(self) -> None:
         super().__init__()
         self.lost_cancels = 0
+        self.sent = False
 
     async def __anext__(self) -> wire.Reading:
-        try:
-            await asyncio.sleep(0.01)
-        except asyncio.CancelledError:
-            if self.lost_cancels:
-                raise
-            self.lost_cancels += 1
-        return wire.Reading(wire.RobotId("KUKA", "S1"), clock.now(), wire.EventType.STATE, state=wire.State.IDLE)
+        if not self.sent:
+            self.sent = True
+            return wire.Reading(wire.RobotId("KUKA", "S1"), clock.now(), wire.EventType.STATE, state=wire.State.IDLE)
+        while True:
+            try:
+                await asyncio.Event().wait()  # polling: no change to report
+            except asyncio.CancelledError:
+                if self.lost_cancels:
+                    raise
+                self.lost_cancels += 1
 
 
 async def test_the_agent_stops_even_when_a_source_loses_its_cancel(broker_url: str, tmp_path: Path) -> None:

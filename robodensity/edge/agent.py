@@ -106,6 +106,21 @@ class AgentStats:
     """Sources given up for settings that cannot work, by index, with the reason."""
 
 
+STOP_GRACE_S = 5.0
+"""How long a cancelled task may take to end (a source logging out) before it is cancelled again."""
+
+
+async def _cancel_until_done(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel until every task has ended. A library's ``asyncio.wait_for`` (pymodbus, on Python 3.11)
+    returns a reply that lands in the loop pass of the cancel and loses the cancel; a source then
+    polls on, and with steady robots it yields nothing that would let its reader notice the stop."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=STOP_GRACE_S)
+
+
 class EdgeAgent:
     def __init__(self, settings: Settings, broker_url: str, sources: Sequence[Source] | None = None) -> None:
         self.settings = settings
@@ -142,10 +157,11 @@ class EdgeAgent:
                 tasks += [tg.create_task(self._store(), name="store"), tg.create_task(self._send(), name="send")]
                 tasks.append(tg.create_task(self._apply_acks(), name="acks"))
                 tasks.append(tg.create_task(self._keep_clocks(), name="clock estimates"))
-                await stop.wait()
-                self._stopping = True
-                for t in tasks:
-                    t.cancel()
+                try:
+                    await stop.wait()
+                finally:  # stopped, a task failed, or run() was cancelled: the tasks end before the group
+                    self._stopping = True
+                    await _cancel_until_done(tasks)
         except BaseExceptionGroup as group:
             log.error("edge agent stopped: %s", "; ".join(f"{e!r}" for e in group.exceptions))
             if len(group.exceptions) == 1:

@@ -311,6 +311,8 @@ class RwsSource(PolledSource):
         if task is not None:
             task.cancel()
             await asyncio.wait([task])  # its end, whatever it raised; a cancel of ours still propagates
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                log.warning("%s: the subscription's listener had failed: %r", self.address, exc)
         ws, self._ws = self._ws, None
         if ws is not None:
             with contextlib.suppress(Exception):
