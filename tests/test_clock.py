@@ -63,9 +63,7 @@ def test_partitions_are_made_around_the_frozen_month(at: tuple[datetime, str], p
     assert expected <= made
 
 
-def test_events_either_side_of_the_boundary_land_in_their_own_months(
-    at: tuple[datetime, str], pg_url: str
-) -> None:
+def test_events_either_side_of_the_boundary_land_in_their_own_months(at: tuple[datetime, str], pg_url: str) -> None:
     t, schema = at
     robot = RobotId("KUKA", "S1")
     stamps = [t - timedelta(minutes=2), t - timedelta(seconds=40), t, t + timedelta(minutes=4)]

@@ -594,8 +594,10 @@ def test_two_collectors_writing_one_robot_build_the_same_intervals_as_a_full_reb
             # wrote already hold that mark's events: so wait for both, marks first (every event is acked,
             # so no mark can come after the last one is consumed).
             wait_until(
-                lambda: _one(conn, "SELECT count(*) FROM state_marks") == 0
-                and _stored_intervals(conn) == _reference_intervals(events),
+                lambda: (
+                    _one(conn, "SELECT count(*) FROM state_marks") == 0
+                    and _stored_intervals(conn) == _reference_intervals(events)
+                ),
                 30,
                 "the interval stages to consume every mark",
             )
