@@ -94,14 +94,18 @@ async def test_each_simulator_replays_a_schedule_that_its_source_reads_in_order(
         sim, replay = UrDashRobot("20205500123"), urdash_robot.replay
     else:
         sim, replay = RwsController("IRC5-1"), rws_controller.replay
+    # A TCP controller switched off is seen at once (the connection closes): a reply slower than 0.3 s on
+    # a busy machine must not read as an outage in the middle of the sequence. HSES (UDP) sees the outage
+    # only by its timeouts, and retries a slow reply (3 tries) before it says OFFLINE.
+    tcp = {**FAST, "timeout_s": 2.0}
     async with sim:
         source: Any
         if kind == "hses":
             source = HsesSource(HsesSourceSettings(host="127.0.0.1", port=sim.port, serial="R1", **FAST))
         elif kind == "urdash":
-            source = UrDashSource(UrDashSourceSettings(host="127.0.0.1", port=sim.port, **FAST))
+            source = UrDashSource(UrDashSourceSettings(host="127.0.0.1", port=sim.port, **tcp))
         else:
-            source = RwsSource(RwsSourceSettings(url=sim.url, **FAST))
+            source = RwsSource(RwsSourceSettings(url=sim.url, **tcp))
         async with source:
             it = aiter(source)
             await until(it, lambda r: r.type is EventType.STATE)  # connected
