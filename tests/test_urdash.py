@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from robodensity.core.settings_native import UrDashSourceSettings
 from robodensity.core.wire import State
-from robodensity.edge.sources.polled import identify
+from robodensity.edge.sources.polled import identify, reply_within
 from robodensity.edge.sources.urdash import DashboardClient, UrDashSource, state_of
 from robodensity.simulators.urdash_robot import UrDashRobot
 from tests.faultproxy import FaultProxy
@@ -125,3 +126,27 @@ async def test_a_stop_arriving_with_a_reply_is_not_lost() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_reply_in_when_a_stalled_loop_handles_the_timeout_is_no_outage() -> None:
+    """A gateway's event loop stalls past a reply's deadline while the reply sits in the socket: the
+    reply wins, the robot is not reported OFFLINE (``asyncio.timeout`` would time it out)."""
+    accepted: asyncio.Future[asyncio.StreamWriter] = asyncio.get_running_loop().create_future()
+
+    async def serve(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        accepted.set_result(w)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    controller = await accepted
+    try:
+        task = asyncio.ensure_future(reply_within(reader.readuntil(b"\n"), 0.05))
+        for _ in range(3):
+            await asyncio.sleep(0)  # the read is under way, its deadline set
+        controller.write(b"Robotmode: RUNNING\n")  # into the gateway's socket, on time
+        time.sleep(0.2)  # the loop stalls (a blocking call) past the deadline
+        assert await task == b"Robotmode: RUNNING\n"
+    finally:
+        writer.close()
+        controller.close()
+        server.close()

@@ -34,10 +34,11 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
+from typing import TypeVar
 
 from robodensity.core import clock
 from robodensity.core.errors import ConfigError, SourceError
@@ -252,3 +253,31 @@ async def identify(source: PolledSource) -> tuple[Identity, Sample]:
     """Connect once, read the identity and one sample with counters, disconnect (``edge discover``)."""
     async with source:  # leaving it closes the connection (and logs out of a session)
         return await source._connect(), await source._read(counters=True)
+
+
+T = TypeVar("T")
+
+
+async def reply_within(reply: Awaitable[T], timeout_s: float) -> T:
+    """``reply``'s result, or TimeoutError when it is not in after ``timeout_s``.
+
+    A reply that is in by the time the timeout is handled wins: a gateway whose loop stalled
+    past the deadline while the reply sat in the socket must not report the robot OFFLINE
+    (``asyncio.timeout`` would). A cancel always wins: Python 3.11's ``asyncio.wait_for`` returns
+    a result that lands in the loop pass of the cancel and loses the cancel, so an agent that
+    stopped its sources could wait for ever."""
+    task = asyncio.ensure_future(reply)
+    try:
+        await asyncio.wait((task,), timeout=timeout_s)
+    except BaseException:  # cancelled: whatever the reply, it is not wanted
+        task.cancel()
+        await asyncio.wait((task,))
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it as lost
+        raise
+    if not task.done():
+        task.cancel()
+        await asyncio.wait((task,))
+    if task.cancelled():
+        raise TimeoutError(f"no reply in {timeout_s:g} s")
+    return task.result()

@@ -44,7 +44,7 @@ from robodensity.core import clock
 from robodensity.core.errors import SourceError
 from robodensity.core.settings_native import UrDashSourceSettings
 from robodensity.core.wire import State
-from robodensity.edge.sources.polled import Identity, PolledSource, Sample
+from robodensity.edge.sources.polled import Identity, PolledSource, Sample, reply_within
 
 MANUFACTURER = "Universal Robots"
 BANNER = "Connected: Universal Robots Dashboard Server"
@@ -94,8 +94,9 @@ class DashboardClient:
     async def open(self, banner_timeout_s: float) -> str:
         """Connect and return the welcome line; SourceError when there is none."""
         try:
-            async with asyncio.timeout(self.timeout_s):
-                self._reader, self._writer = await asyncio.open_connection(self.host, self.port, limit=MAX_LINE)
+            self._reader, self._writer = await reply_within(
+                asyncio.open_connection(self.host, self.port, limit=MAX_LINE), self.timeout_s
+            )
         except (OSError, TimeoutError) as exc:
             raise SourceError(f"cannot connect: {getattr(exc, 'strerror', None) or type(exc).__name__}") from None
         banner = await self._line(banner_timeout_s, "the welcome line")
@@ -116,8 +117,7 @@ class DashboardClient:
     async def _line(self, timeout_s: float, what: str) -> str:
         assert self._reader is not None
         try:
-            async with asyncio.timeout(timeout_s):
-                raw = await self._reader.readuntil(b"\n")
+            raw = await reply_within(self._reader.readuntil(b"\n"), timeout_s)
         except TimeoutError:
             raise SourceError(f"no reply to {what} in {timeout_s:g} s") from None
         except asyncio.IncompleteReadError:
