@@ -117,5 +117,8 @@ async def test_each_simulator_replays_a_schedule_that_its_source_reads_in_order(
                     seen.append(r.state)
                 return seen[-len(states) :] == states
 
-            await until(it, done, timeout=10)
+            try:
+                await until(it, done, timeout=10)
+            except TimeoutError:
+                raise AssertionError(f"{kind}: read {[s.name for s in seen]}, not the replay in order") from None
             await task

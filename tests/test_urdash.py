@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from robodensity.core.settings_native import UrDashSourceSettings
-from robodensity.core.wire import State
+from robodensity.core.wire import EventType, State
 from robodensity.edge.sources.polled import identify, reply_within
 from robodensity.edge.sources.urdash import DashboardClient, UrDashSource, state_of
 from robodensity.simulators.urdash_robot import UrDashRobot
@@ -150,3 +150,30 @@ async def test_a_reply_in_when_a_stalled_loop_handles_the_timeout_is_no_outage()
         writer.close()
         controller.close()
         server.close()
+
+
+class ChangesMidRead(UrDashRobot):
+    """Goes from EXECUTING to FAULT right after it has answered the safety query, when ``armed``: the
+    source's read straddles the change (old safety NORMAL, new program PAUSED: IDLE, were it believed)."""
+
+    armed = False
+
+    def reply(self, command: str) -> str:
+        answer = super().reply(command)
+        if self.armed and command.strip().lower() in ("safetystatus", "safetymode"):
+            self.armed = False
+            self.set_state(State.FAULT)
+        return answer
+
+
+async def test_a_read_that_straddles_a_change_is_read_again() -> None:
+    async with ChangesMidRead("20205500123") as sim:
+        sim.set_state(State.EXECUTING)
+        source = UrDashSource(settings(sim.port))
+        async with source:
+            it = aiter(source)
+            await until(it, is_state(State.EXECUTING))
+            sim.armed = True
+            got = await until(it, is_state(State.FAULT))
+    assert not sim.armed  # the change did happen mid-read
+    assert [r.state for r in got if r.type is EventType.STATE] == [State.FAULT]

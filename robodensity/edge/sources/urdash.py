@@ -49,6 +49,8 @@ from robodensity.edge.sources.polled import Identity, PolledSource, Sample, repl
 MANUFACTURER = "Universal Robots"
 BANNER = "Connected: Universal Robots Dashboard Server"
 MAX_LINE = 4096
+MAX_CONFIRM_READS = 3
+"""Reads of a changed state until two agree; after that the last read stands."""
 _FAULT_SAFETY = frozenset({"PROTECTIVE_STOP", "VIOLATION", "FAULT"})
 _VERSION_RE = re.compile(r"^URSoftware\s+(\S+)")
 _SERIAL_RE = re.compile(r"^\d{8,}$|^20\w{6,}$")
@@ -148,6 +150,7 @@ class UrDashSource(PolledSource):
         self.client = DashboardClient(settings.host, settings.port, settings.timeout_s)
         self.safety_query = "safetystatus"
         self.operational_mode = False
+        self._last_state: State | None = None
 
     @property
     def address(self) -> str:
@@ -174,6 +177,18 @@ class UrDashSource(PolledSource):
         return Identity(MANUFACTURER, self.settings.serial or serial, model, software)
 
     async def _read(self, counters: bool) -> Sample:
+        """The state, from three or four replies. A change is read again until two reads agree: the
+        Dashboard Server answers one field per request, so a read that straddles a change mixes old
+        and new fields (EXECUTING -> FAULT can read as IDLE: NORMAL safety, then PAUSED program)."""
+        state = await self._state()
+        for _ in range(MAX_CONFIRM_READS):
+            if state is self._last_state:
+                break
+            self._last_state, state = state, await self._state()
+        self._last_state = state
+        return Sample(state)
+
+    async def _state(self) -> State:
         ask = self.client.ask
         robot_mode = after_prefix(await ask("robotmode"), "Robotmode:", "robotmode")
         safety = after_prefix(await ask(self.safety_query), f"{self.safety_query}:", self.safety_query)
@@ -183,7 +198,7 @@ class UrDashSource(PolledSource):
             operational = (await ask("get operational mode")).strip().upper()
             if operational not in ("MANUAL", "AUTOMATIC", "NONE"):
                 raise SourceError(f"unexpected reply to 'get operational mode': {operational[:80]!r}")
-        return Sample(state_of(robot_mode, safety, program, operational))
+        return state_of(robot_mode, safety, program, operational)
 
     async def _disconnect(self) -> None:
         await self.client.close()
