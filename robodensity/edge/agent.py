@@ -132,8 +132,6 @@ class EdgeAgent:
         self._queue: asyncio.Queue[tuple[int, wire.Reading]] = asyncio.Queue(10_000)
         self._lock = asyncio.Lock()  # one outbox operation at a time
         self._acked = asyncio.Event()
-        self._stopping = False
-        """Set when ``run`` stops its tasks: a reader ends at its next reading even if its cancel was lost."""
         # At most one ack per published batch, and the sender stops at max_inflight_batches.
         self._acks: asyncio.Queue[wire.Ack] = asyncio.Queue()
         self._inflight: dict[int, tuple[float, set[int]]] = {}  # first seq -> (sent, unacked seqs)
@@ -160,7 +158,6 @@ class EdgeAgent:
                 try:
                     await stop.wait()
                 finally:  # stopped, a task failed, or run() was cancelled: the tasks end before the group
-                    self._stopping = True
                     await _cancel_until_done(tasks)
         except BaseExceptionGroup as group:
             log.error("edge agent stopped: %s", "; ".join(f"{e!r}" for e in group.exceptions))
@@ -216,13 +213,11 @@ class EdgeAgent:
     # -- readers and store ---------------------------------------------------------
     async def _read(self, index: int, source: Source) -> None:
         backoff = 1.0
-        while not self._stopping:
+        while True:
             try:
                 async with source:
                     backoff = 1.0
                     async for reading in source:
-                        if self._stopping:  # a cancel lost in a library's wait_for (Python 3.11) ends here
-                            return
                         self.stats.readings += 1
                         await self._queue.put((index, self.clock_truth.observe(reading, clock.now())))
             except SourceError as exc:
